@@ -67,6 +67,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   training.checkpoint_every = 5000
   training.keep_checkpoints = 3
   training.sample_grid_every = 10_000  # 0 disables the periodic grid
+  training.grid_num_samples = 16  # images in the periodic grid (EMA params)
+  training.grid_respacing = "100"  # short chain for the grid; "" = all steps
 
   # ---- sampling ------------------------------------------------------------
   sampling = config.sampling = ml_collections.ConfigDict()

@@ -1,0 +1,256 @@
+"""improved-diffusion (PyTorch) state_dict <-> Flax params of `models.UNet`.
+
+The Flax tree mirrors the PyTorch module paths: a numeric path component is
+glued to the one before it with '_' (`input_blocks.3.1.qkv.weight` ->
+`input_blocks_3_1/qkv/kernel`). Only the array layout changes:
+  conv weight  (O, I, kh, kw) -> (kh, kw, I, O)
+  attention 1-D conv weight (O, I, 1) -> (1, 1, I, O)
+  linear weight (out, in) -> (in, out)
+  GroupNorm weight -> scale, embedding table unchanged.
+Conversion is strict: every state_dict entry must be used and every Flax
+parameter filled with the right shape, otherwise a ValueError lists them all.
+
+CLI (converts a released checkpoint into a params file the sampler loads):
+  python -m mem_diffusion.convert IN.pt|IN.npz OUT.msgpack --config configs/default.py[:arg]
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import zipfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mem_diffusion.models import UNet, unet_from_config
+
+Params = Dict[str, Any]
+_FLAX_TO_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight",
+                       "bias": "bias"}
+_ATTENTION_1D_CONVS = ("qkv", "proj_out")
+_MAX_LISTED = 20  # names per category in an error message
+
+
+def _torch_prefix(flax_modules: Tuple[str, ...]) -> str:
+  """('input_blocks_3_1', 'qkv') -> 'input_blocks.3.1.qkv'."""
+  parts = []
+  for name in flax_modules:
+    pieces = name.split("_")
+    k = len(pieces)
+    while k > 1 and pieces[k - 1].isdigit():
+      k -= 1
+    parts.append("_".join(pieces[:k]))
+    parts.extend(pieces[k:])
+  return ".".join(parts)
+
+
+def _flat_params(params: Mapping[str, Any], prefix: Tuple[str, ...] = ()) -> Dict[Tuple[str, ...], Any]:
+  flat = {}
+  for key, value in params.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat_params(value, prefix + (key,)))
+    else:
+      flat[prefix + (key,)] = value
+  return flat
+
+
+def _torch_name(path: Tuple[str, ...]) -> str:
+  return f"{_torch_prefix(path[:-1])}.{_FLAX_TO_TORCH_LEAF[path[-1]]}"
+
+
+def _to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+  if leaf == "kernel" and array.ndim == 4:
+    return array.transpose(2, 3, 1, 0)
+  if leaf == "kernel" and array.ndim == 3:
+    return array.transpose(2, 1, 0)[None]
+  if leaf == "kernel" and array.ndim == 2:
+    return array.T
+  return array
+
+
+def _to_torch_layout(array: np.ndarray, path: Tuple[str, ...]) -> np.ndarray:
+  if path[-1] != "kernel":
+    return array
+  if array.ndim == 4 and path[-2] in _ATTENTION_1D_CONVS:
+    return array[0].transpose(2, 1, 0)
+  if array.ndim == 4:
+    return array.transpose(3, 2, 0, 1)
+  return array.T
+
+
+def abstract_params(model: UNet) -> Params:
+  """The model's parameter shapes (jax.ShapeDtypeStruct), without computing."""
+  size = 2 ** (len(model.channel_mult) - 1)
+  x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
+  t = jnp.zeros((1,), jnp.float32)
+  y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+  return jax.eval_shape(model.init, jax.random.key(0), x, t, y)["params"]
+
+
+def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray], model: UNet) -> Params:
+  """PyTorch names -> nested Flax params (float32 numpy) for `model`."""
+  expected = {_torch_name(path): (path, leaf.shape)
+              for path, leaf in _flat_params(abstract_params(model)).items()}
+  missing = sorted(set(expected) - set(state_dict))
+  unexpected = sorted(set(state_dict) - set(expected))
+  params: Params = {}
+  wrong_shape = []
+  for name, (path, shape) in expected.items():
+    if name not in state_dict:
+      continue
+    array = _to_flax_layout(np.asarray(state_dict[name], dtype=np.float32), path[-1])
+    if array.shape != tuple(shape):
+      wrong_shape.append(f"{name}: {np.shape(state_dict[name])} gives {array.shape}, "
+                         f"model needs {tuple(shape)}")
+      continue
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = array
+  if missing or unexpected or wrong_shape:
+    lines = ["state_dict does not fit the model:"]
+    for title, items, sep in (("missing", missing, ", "), ("unexpected", unexpected, ", "),
+                              ("wrong shape", wrong_shape, "; ")):
+      if items:
+        more = f"{sep}... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+        lines.append(f"  {title} ({len(items)}): {sep.join(items[:_MAX_LISTED])}{more}")
+    if "label_emb.weight" in unexpected:
+      lines.append("  (the checkpoint is class-conditional: set model.num_classes)")
+    if "label_emb.weight" in missing:
+      lines.append("  (the checkpoint is unconditional: set model.num_classes = 0)")
+    raise ValueError("\n".join(lines))
+  return params
+
+
+def flax_to_torch_state_dict(params: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  """The inverse of `torch_state_dict_to_flax` (PyTorch names and layouts)."""
+  return {_torch_name(path): _to_torch_layout(np.asarray(leaf), path)
+          for path, leaf in _flat_params(params).items()}
+
+
+_REFERENCE_KWARGS = ("in_channels", "model_channels", "out_channels", "num_res_blocks",
+                     "attention_resolutions", "dropout", "channel_mult", "conv_resample",
+                     "num_classes", "num_heads", "use_scale_shift_norm")
+
+
+def unet_from_torch_kwargs(kwargs: Mapping[str, Any], dtype: Any = jnp.float32) -> UNet:
+  """A UNet from improved-diffusion's UNetModel constructor arguments (as in
+  the golden files' config_json; attention_resolutions are downsample rates)."""
+  kwargs = dict(kwargs)
+  if kwargs.pop("dims", 2) != 2:
+    raise ValueError("UNetModel dims != 2 is not supported (images only)")
+  kwargs.pop("use_checkpoint", None)  # gradient checkpointing: no effect on values
+  heads_up = kwargs.pop("num_heads_upsample", -1)
+  if heads_up not in (-1, kwargs.get("num_heads", 1)):
+    raise ValueError(f"num_heads_upsample={heads_up} different from num_heads is not supported")
+  unknown = sorted(set(kwargs) - set(_REFERENCE_KWARGS))
+  if unknown:
+    raise ValueError(f"unknown UNetModel arguments: {unknown}")
+  for key in ("attention_resolutions", "channel_mult"):
+    if key in kwargs:
+      kwargs[key] = tuple(int(v) for v in kwargs[key])
+  return UNet(**kwargs, dtype=dtype)
+
+
+def load_params(path: str) -> Params:
+  """Reads a params file written by this module's CLI."""
+  with open(path, "rb") as f:
+    return flax.serialization.msgpack_restore(f.read())
+
+
+def save_params(params: Params, path: str) -> None:
+  with open(path, "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(params))
+
+
+def load_config(spec: str):
+  """'path/to/file.py[:arg]' -> get_config(arg), as ml_collections' config flags."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} not found")
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if repo_root not in sys.path:
+    sys.path.insert(0, repo_root)  # lets experiment files import configs.default
+  spec_obj = importlib.util.spec_from_file_location("_convert_config", path)
+  module = importlib.util.module_from_spec(spec_obj)
+  spec_obj.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _read_pt(path: str) -> Dict[str, np.ndarray]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError("reading a .pt checkpoint needs PyTorch (pip install torch); "
+                     "or convert it to an .npz of 'param/<name>' arrays") from None
+  obj = torch.load(path, map_location="cpu", weights_only=True)
+  if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    raise ValueError(f"{path} is not a state_dict (a mapping of names to tensors)")
+  return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
+
+
+def _read_npz(path: str) -> Tuple[Dict[str, np.ndarray], Optional[Dict[str, Any]]]:
+  """The state_dict and UNetModel kwargs of a golden-format file. Diffusion
+  files keep the model's kwargs under model_config_json."""
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
+    raise ValueError(f"not a readable .npz file ({e})") from None
+  with data:
+    state = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+    cfg_key = next((k for k in ("model_config_json", "config_json") if k in data.files), None)
+    cfg = json.loads(str(data[cfg_key])) if cfg_key else None
+  if not state:
+    raise ValueError(f"{path} holds no 'param/<name>' arrays")
+  return state, cfg
+
+
+def convert_file(in_path: str, out_path: str, config_spec: Optional[str] = None) -> Params:
+  """Reads a checkpoint, builds the model, converts and writes params."""
+  if not os.path.isfile(in_path):
+    raise ValueError(f"input file {in_path!r} not found")
+  file_cfg = None
+  if in_path.endswith(".npz"):
+    state, file_cfg = _read_npz(in_path)
+  else:
+    state = _read_pt(in_path)
+  if config_spec:
+    config = load_config(config_spec)
+    model = unet_from_config(config.model, config.data.image_size)
+  elif file_cfg is not None:
+    model = unet_from_torch_kwargs(file_cfg)
+  else:
+    raise ValueError("--config is required (the input file carries no config_json)")
+  params = torch_state_dict_to_flax(state, model)
+  save_params(params, out_path)
+  return params
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m mem_diffusion.convert",
+      description="Convert an improved-diffusion checkpoint (.pt state_dict, or .npz of "
+                  "'param/<torch name>' arrays) into a Flax params msgpack file.")
+  parser.add_argument("input", help="improved-diffusion .pt or .npz file")
+  parser.add_argument("output", help="params file to write (.msgpack)")
+  parser.add_argument("--config", default=None,
+                      help="config file[:arg] whose model section and data.image_size define "
+                           "the UNet (optional for .npz files with config_json)")
+  args = parser.parse_args(argv)
+  try:
+    params = convert_file(args.input, args.output, args.config)
+  except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
+    raise SystemExit(f"convert: {args.input}: {e}") from None
+  except Exception as e:  # zip/pickle/torch errors: still one message, no traceback
+    raise SystemExit(f"convert: {args.input}: cannot read ({type(e).__name__}: {e})") from None
+  count = sum(int(np.size(v)) for v in _flat_params(params).values())
+  print(f"wrote {args.output}: {count:,} parameters")
+
+
+if __name__ == "__main__":
+  main()

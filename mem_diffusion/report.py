@@ -1,0 +1,193 @@
+"""Reports on disk: JSON, PNG image grids, and the evaluation pictures.
+
+matplotlib is imported inside the plotting functions (Agg backend), so that
+importing this module stays fast and works without a display.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _jsonable(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist())
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None  # JSON has no NaN/inf
+  return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` (numpy values allowed) atomically: a temporary file, then rename.
+
+  A reader never sees a half-written report, even if the process dies.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def image_grid(images_u8: np.ndarray, ncols: int, pad: int = 1, pad_value: int = 255) -> np.ndarray:
+  """Tiles uint8 (N, H, W, C) images row by row into one uint8 image."""
+  images = np.asarray(images_u8)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise ValueError(f"image_grid: expected uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+  if ncols < 1:
+    raise ValueError(f"image_grid: ncols={ncols} must be >= 1")
+  n, h, w, c = images.shape
+  ncols = min(ncols, max(n, 1))
+  nrows = -(-n // ncols)
+  grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), pad_value, np.uint8)
+  for i in range(n):
+    r, q = divmod(i, ncols)
+    y, x = pad + r * (h + pad), pad + q * (w + pad)
+    grid[y:y + h, x:x + w] = images[i]
+  return grid
+
+
+def save_png(path: str, array: np.ndarray) -> None:
+  """Saves a uint8 (H, W), (H, W, 1) or (H, W, 3) array as PNG."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  a = np.asarray(array)
+  if a.dtype != np.uint8:
+    raise ValueError(f"save_png: expected uint8, got {a.dtype}")
+  if a.ndim == 3 and a.shape[-1] == 1:
+    a = a[..., 0]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(a).save(path)
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _pick_rows(per_sample: dict[str, np.ndarray], num_each: int, seed: int
+               ) -> list[tuple[str, int]]:
+  ratio = np.asarray(per_sample["ratio"])
+  is_blend = np.asarray(per_sample.get("is_blend", np.zeros(ratio.shape, bool)))
+  rho = np.asarray(per_sample.get("rho", np.ones(ratio.shape)))
+  rows = [("most replicated", int(i)) for i in np.argsort(ratio, kind="stable")[:num_each]]
+  blends = np.nonzero(is_blend)[0]
+  rows += [("blend", int(i)) for i in blends[np.argsort(rho[blends], kind="stable")][:num_each]]
+  rng = np.random.default_rng(seed)
+  rows += [("random", int(i)) for i in rng.choice(ratio.size, min(num_each, ratio.size),
+                                                   replace=False)]
+  return rows
+
+
+def nearest_neighbors_figure(samples: np.ndarray, train: np.ndarray,
+                             per_sample: dict[str, np.ndarray], path: str, *,
+                             num_each: int = 6, seed: int = 0, scale: float = 0.9) -> None:
+  """Rows of sample | 1st NN | 2nd NN, annotated with d1/d2 (and rho, weights).
+
+  Three groups: the samples with the smallest d1/d2 (most replicated), the
+  flagged blends (smallest rho first), and random samples (`seed`).
+  """
+  plt = _pyplot()
+  rows = _pick_rows(per_sample, num_each, seed)
+  nn1, nn2 = per_sample["nn1"], per_sample["nn2"]
+  fig, axes = plt.subplots(len(rows), 3, figsize=(3 * scale * 1.6, len(rows) * scale * 1.15),
+                           squeeze=False)
+  for r, (group, i) in enumerate(rows):
+    ims = (samples[i], train[nn1[i]], train[nn2[i]])
+    titles = (f"{group} #{i}", f"NN1 #{nn1[i]} d={per_sample['d1'][i]:.0f}",
+              f"NN2 #{nn2[i]} d={per_sample['d2'][i]:.0f}")
+    for c in range(3):
+      ax = axes[r, c]
+      ax.imshow(ims[c], interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_title(titles[c], fontsize=5, pad=2)
+    flag = "REPLICATE" if per_sample["is_replicate"][i] else (
+        "BLEND" if per_sample.get("is_blend", np.zeros(1, bool))[i] else "")
+    label = f"d1/d2={per_sample['ratio'][i]:.3f}"
+    if "rho" in per_sample:
+      label += f"\nrho={per_sample['rho'][i]:.3f}"
+    axes[r, 0].set_ylabel(f"{label}\n{flag}", fontsize=5, rotation=0, ha="right", va="center")
+  fig.tight_layout(pad=0.3)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=200)
+  plt.close(fig)
+
+
+def ratio_histogram(ratios: np.ndarray, path: str, threshold: float = 1 / 3,
+                    title: str = "nearest / second-nearest training distance") -> None:
+  """Histogram of d1/d2 with the replicate threshold marked."""
+  plt = _pyplot()
+  ratios = np.asarray(ratios, np.float64)
+  fig, ax = plt.subplots(figsize=(4.5, 3))
+  ax.hist(ratios, bins=np.linspace(0, 1, 51), color="tab:blue")
+  ax.axvline(threshold, color="tab:red", ls="--", label=f"threshold {threshold:.3g}")
+  frac = float(np.mean(ratios < threshold)) if ratios.size else 0.0
+  ax.set_xlabel("d1 / d2")
+  ax.set_ylabel("samples")
+  ax.set_title(f"{title}\n{frac:.1%} below threshold (n={ratios.size})", fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=150)
+  plt.close(fig)
+
+
+def distance_cdf_figure(curves: Sequence[tuple[str, np.ndarray]], path: str, *,
+                        xlabel: str = "L2 distance to the nearest training image",
+                        title: str = "") -> None:
+  """Empirical CDFs of several distance sets (e.g. samples vs held-out d1)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.5, 3))
+  for name, values in curves:
+    v = np.sort(np.asarray(values, np.float64))
+    ax.step(v, np.arange(1, v.size + 1) / max(v.size, 1), where="post",
+            label=f"{name} (median {np.median(v):.0f})" if v.size else name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("fraction")
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=150)
+  plt.close(fig)
+
+
+def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str, *,
+              errors: dict[str, Sequence[float]] | None = None, xlabel: str = "",
+              ylabel: str = "", title: str = "") -> None:
+  """Small line plot with optional error bars (one line per series)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.5, 3))
+  for name, y in series.items():
+    yerr = None if errors is None else errors.get(name)
+    ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=150)
+  plt.close(fig)

@@ -80,6 +80,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   sampling.clip_denoised = True
   sampling.label = 0  # class-conditional models sample the original class
   sampling.seed = 0
+  # A msgpack params file from `python -m mem_diffusion.convert` (e.g. the released
+  # improved-diffusion CIFAR-10 model); '' = the EMA params of the workdir's checkpoint.
+  sampling.params_file = ""
 
   # ---- evaluation ----------------------------------------------------------
   evaluation = config.eval = ml_collections.ConfigDict()

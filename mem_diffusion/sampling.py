@@ -1,0 +1,201 @@
+"""--mode=sample: EMA params -> `<workdir>/samples/samples_<N>x<H>x<W>x3.npz`.
+
+Samples are made in chunks of `sampling.batch_size` images. Each chunk is one
+jitted call of the whole reverse chain over the 'data' mesh (the chunk's rows
+are sharded over every device of every process) and is written to
+`samples/chunks/` as soon as it is done, so a preempted sampling run resumes
+at the first missing chunk instead of starting over.
+
+Chunk c draws all its randomness from fold_in(PRNGKey(sampling.seed), c) for
+the global (chunk, H, W, 3) shape; JAX's partitionable threefry makes those
+numbers independent of how the chunk is sharded, so the same config gives the
+same images on 1 CPU, 8 GPUs or a pod. The last chunk is padded to the full
+chunk size (one compilation) and truncated.
+
+Pixels are `round((x + 1) * 127.5)` clipped to 0..255. The reference
+truncates instead, which biases every pixel down by half a level; rounding is
+the unbiased choice, and both agree on which samples are replicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mem_diffusion import parallel
+from mem_diffusion.diffusion import diffusion_from_config
+from mem_diffusion.diffusion import samplers
+from mem_diffusion.models import unet_from_config
+
+_SPEC_FILE = "spec.json"
+
+
+def to_uint8(x: jax.Array) -> jax.Array:
+  """[-1, 1] floats -> uint8 pixels, rounded to nearest."""
+  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def samples_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+  n, s = config.sampling.num_samples, config.data.image_size
+  return os.path.join(workdir, "samples", f"samples_{n}x{s}x{s}x3.npz")
+
+
+def chain_description(sampling_cfg: ml_collections.ConfigDict) -> str:
+  """Human-readable name of the reverse chain used, for logs and reports."""
+  chain = "DDIM" if sampling_cfg.use_ddim or sampling_cfg.respacing.startswith("ddim") else "ancestral"
+  steps = sampling_cfg.respacing or "full chain"
+  eta = f", eta={sampling_cfg.eta}" if chain == "DDIM" else ""
+  return f"{chain} ({steps}{eta})"
+
+
+def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
+                         mesh: jax.sharding.Mesh) -> tuple[Any, dict[str, Any]]:
+  """EMA params of the latest checkpoint, or `sampling.params_file` if set.
+
+  `sampling.params_file` is a msgpack file written by `mem_diffusion.convert`
+  (e.g. the released improved-diffusion CIFAR-10 model), which lets this
+  project sample from models it did not train.
+  """
+  if config.sampling.params_file:
+    from mem_diffusion import convert  # pylint: disable=g-import-not-at-top
+    params = convert.load_params(config.sampling.params_file)
+    params = jax.device_put(params, parallel.replicated(mesh))
+    return params, {"source": os.path.abspath(config.sampling.params_file)}
+
+  from mem_diffusion import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from mem_diffusion import train  # pylint: disable=g-import-not-at-top
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(
+        f"no checkpoints in {ckpt_dir}: train first (--mode=train or --mode=all) "
+        "or set --config.sampling.params_file to a converted params file")
+  *_, init_fn, _ = train.build(config, mesh)
+  with checkpoint_lib.Checkpointer(ckpt_dir, keep=config.training.keep_checkpoints) as ckpt:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}: train first")
+    state, _ = ckpt.restore(step, train.abstract_state(init_fn, config, mesh))
+  return state.ema_params, {"source": ckpt_dir, "step": int(step)}
+
+
+def make_chunk_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """jitted (ema_params, key) -> uint8 (chunk, H, W, 3), sharded over 'data'."""
+  scfg = config.sampling
+  model = unet_from_config(config.model, config.data.image_size)
+  diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma,
+                                    scfg.respacing)
+  chunk, size = scfg.batch_size, config.data.image_size
+  shape = (chunk, size, size, 3)
+  sharded = parallel.batch_sharded(mesh)
+  ddim = bool(scfg.use_ddim or scfg.respacing.startswith("ddim"))
+  label = scfg.label if config.model.num_classes else None
+
+  def sample_chunk(params, key):
+    y = None if label is None else jnp.full((chunk,), label, jnp.int32)
+    noise = jax.random.normal(jax.random.fold_in(key, 0), shape, jnp.float32)
+    # The starting noise fixes the sharding that propagates through the chain.
+    noise = jax.lax.with_sharding_constraint(noise, sharded)
+
+    def model_fn(x, t_model):
+      return model.apply({"params": params}, x, t_model, y, train=False)
+
+    x = samplers.sample(diffusion, model_fn, shape, jax.random.fold_in(key, 1),
+                        ddim=ddim, eta=scfg.eta, clip_denoised=scfg.clip_denoised,
+                        noise=noise)
+    return to_uint8(x)
+
+  return jax.jit(sample_chunk, in_shardings=(parallel.replicated(mesh), None),
+                 out_shardings=sharded)
+
+
+def _spec(config: ml_collections.ConfigDict, source: dict[str, Any]) -> dict[str, Any]:
+  """What a chunk depends on: chunks made under another spec are not reused."""
+  s = config.sampling
+  return {"num_samples": s.num_samples, "batch_size": s.batch_size, "seed": s.seed,
+          "respacing": s.respacing, "use_ddim": s.use_ddim, "eta": s.eta,
+          "clip_denoised": s.clip_denoised, "label": s.label,
+          "image_size": config.data.image_size, "params": source}
+
+
+def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _prepare_chunk_dir(chunk_dir: str, spec: dict[str, Any]) -> None:
+  spec_path = os.path.join(chunk_dir, _SPEC_FILE)
+  if os.path.exists(spec_path):
+    with open(spec_path) as f:
+      old = json.load(f)
+    if old == json.loads(json.dumps(spec)):
+      return
+    logging.warning("sampling settings or params changed since the saved chunks "
+                    "were made; discarding them")
+    shutil.rmtree(chunk_dir)
+  os.makedirs(chunk_dir, exist_ok=True)
+  with open(spec_path, "w") as f:
+    json.dump(spec, f, indent=1)
+
+
+def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the samples npz and grid.png; returns the npz path."""
+  from mem_diffusion import validate  # pylint: disable=g-import-not-at-top
+  validate.validate_config(config)
+  scfg = config.sampling
+  mesh = parallel.data_mesh()
+  if scfg.batch_size % mesh.devices.size:
+    raise validate.ConfigError(
+        f"sampling.batch_size={scfg.batch_size} must be divisible by the number "
+        f"of devices ({mesh.devices.size})")
+  workdir = os.path.abspath(workdir)
+  out_path = samples_path(config, workdir)
+  chunk_dir = os.path.join(workdir, "samples", "chunks")
+  params, source = load_sampling_params(config, workdir, mesh)
+  lead = jax.process_index() == 0
+  if lead:
+    _prepare_chunk_dir(chunk_dir, _spec(config, source))
+  parallel.sync("sampling_chunks_ready")
+
+  n, chunk = scfg.num_samples, scfg.batch_size
+  num_chunks = -(-n // chunk)
+  sample_chunk = make_chunk_sampler(config, mesh)
+  root = jax.random.PRNGKey(scfg.seed)
+  logging.info("sampling %d images in %d chunks of %d with the %s on %d devices",
+               n, num_chunks, chunk, chain_description(scfg), mesh.devices.size)
+  start, made = time.time(), 0
+  for c in range(num_chunks):
+    path = os.path.join(chunk_dir, f"chunk_{c:05d}.npz")
+    if os.path.exists(path):  # written by process 0 of an earlier run
+      continue
+    images = np.asarray(parallel.fetch(sample_chunk(params, jax.random.fold_in(root, c))))
+    if lead:
+      _atomic_savez(path, images=images)
+    made += 1
+    rate = made * chunk / (time.time() - start)
+    logging.info("sampling chunk %d/%d done: %.2f images/s, ETA %.1f min",
+                 c + 1, num_chunks, rate, (num_chunks - c - 1) * chunk / rate / 60)
+  parallel.sync("sampling_chunks_written")
+
+  if lead:
+    images = np.concatenate([
+        np.load(os.path.join(chunk_dir, f"chunk_{c:05d}.npz"))["images"]
+        for c in range(num_chunks)])[:n]
+    labels = np.full((n,), scfg.label if config.model.num_classes else 0, np.int64)
+    _atomic_savez(out_path, arr_0=images, arr_1=labels)
+    from mem_diffusion import report  # pylint: disable=g-import-not-at-top
+    report.save_png(os.path.join(workdir, "samples", "grid.png"),
+                    report.image_grid(images[:64], ncols=8))
+    shutil.rmtree(chunk_dir)
+    logging.info("wrote %s", out_path)
+  parallel.sync("sampling_done")
+  return out_path

@@ -1,0 +1,314 @@
+"""Exact nearest neighbours, duplicates, blend test, analyze() and the CLI."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mem_diffusion import npz_io
+from mem_diffusion import replicates
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def brute_knn(samples, train, k):
+  """Reference: int64 sums of squared differences, stable sort (lower index wins)."""
+  a = samples.reshape(samples.shape[0], -1).astype(np.int64)
+  b = train.reshape(train.shape[0], -1).astype(np.int64)
+  d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+  order = np.argsort(d, axis=1, kind="stable")[:, :k]
+  return order, np.take_along_axis(d, order, axis=1)
+
+
+@pytest.fixture(scope="module")
+def small_set():
+  rng = np.random.default_rng(101)
+  train = rng.integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+  train[17] = train[40]  # exact duplicate: tie broken towards 17
+  noisy = train[:60].astype(int) + rng.integers(-4, 5, (60, 8, 8, 3))
+  samples = np.concatenate([np.clip(noisy, 0, 255).astype(np.uint8),
+                            rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), train[40:41]])
+  return samples, train
+
+
+@pytest.mark.parametrize("chunk_size,train_chunk", [(8, 64), (32, 1000), (1024, 4096)])
+def test_nearest_k_exact_and_chunk_invariant(small_set, chunk_size, train_chunk):
+  samples, train = small_set
+  idx, sq = replicates.nearest_k(samples, train, 5, chunk_size=chunk_size, train_chunk=train_chunk)
+  ref_i, ref_d = brute_knn(samples, train, 5)
+  np.testing.assert_array_equal(idx, ref_i)
+  np.testing.assert_array_equal(sq, ref_d)
+  assert idx[-1, 0] == 17 and idx[-1, 1] == 40 and sq[-1, 1] == 0
+
+
+def test_nearest_two_float64_distances(small_set):
+  samples, train = small_set
+  nn1, nn2, d1, d2 = replicates.nearest_two(samples, train, chunk_size=16)
+  ref_i, ref_d = brute_knn(samples, train, 2)
+  np.testing.assert_array_equal(nn1, ref_i[:, 0])
+  np.testing.assert_array_equal(nn2, ref_i[:, 1])
+  assert d1.dtype == np.float64
+  np.testing.assert_array_equal(d1, np.sqrt(ref_d[:, 0].astype(np.float64)))
+  np.testing.assert_array_equal(d2, np.sqrt(ref_d[:, 1].astype(np.float64)))
+
+
+def test_near_identical_bright_images_where_float32_cancels():
+  rng = np.random.default_rng(7)
+  base = rng.integers(240, 256, (1, 32, 32, 3)).astype(np.int64)
+  tweaks = rng.integers(-2, 1, (64, 32, 32, 3)) * (rng.random((64, 32, 32, 3)) < 0.01)
+  train = np.clip(base + tweaks, 0, 255).astype(np.uint8)
+  samples = np.clip(base + rng.integers(-2, 1, (16, 32, 32, 3)) * (rng.random((16, 32, 32, 3)) < 0.01),
+                    0, 255).astype(np.uint8)
+  ref_i, ref_d = brute_knn(samples, train, 3)
+  # The naive float32 expansion gets this wrong (the reason for exact re-ranking).
+  a = samples.reshape(16, -1).astype(np.float32)
+  b = train.reshape(64, -1).astype(np.float32)
+  naive = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+  assert not np.array_equal(np.argmin(naive, axis=1), ref_i[:, 0])
+  idx, sq = replicates.nearest_k(samples, train, 3, chunk_size=8, train_chunk=16)
+  np.testing.assert_array_equal(idx, ref_i)
+  np.testing.assert_array_equal(sq, ref_d)
+
+
+def test_certificate_failure_falls_back_to_exact(small_set):
+  samples, train = small_set
+  # m = k leaves no room between the k-th and m-th candidate: every row is
+  # recomputed by the float64 fallback, which must give the same answer.
+  idx, sq = replicates.nearest_k(samples, train, 4, chunk_size=16, num_candidates=4)
+  assert replicates.last_stats["fallback_rows"] > 0
+  ref_i, ref_d = brute_knn(samples, train, 4)
+  np.testing.assert_array_equal(idx, ref_i)
+  np.testing.assert_array_equal(sq, ref_d)
+
+
+def test_find_duplicates_exact_and_near():
+  rng = np.random.default_rng(3)
+  train = rng.integers(0, 256, (50, 16, 16, 3), dtype=np.uint8)
+  train[30] = train[4]
+  train[31] = train[4]
+  near = np.clip(train[9].astype(int) + rng.choice([-1, 1], train[9].shape), 0, 255)
+  train[33] = near.astype(np.uint8)  # RMS <= 1: a near duplicate of 9
+  far = np.clip(train[12].astype(int) + rng.choice([-5, 5], train[12].shape), 0, 255)
+  train[35] = far.astype(np.uint8)  # RMS ~ 5 > 2: a distinct image
+  rep, pairs = replicates.find_duplicates(train, dup_rms=2.0)
+  assert [4, 30] in pairs and [4, 31] in pairs and [9, 33] in pairs
+  assert rep[30] == rep[31] == 4 and rep[33] == 9 and rep[35] == 35
+  assert np.unique(rep).size == 47
+  rep0, pairs0 = replicates.find_duplicates(train, dup_rms=0.0)
+  assert rep0[33] == 33 and [9, 33] not in pairs0 and np.unique(rep0).size == 48
+
+
+def _enumerate_simplex_ls(g):
+  """Reference: best feasible KKT point over all supports."""
+  k = g.shape[0]
+  best = np.inf
+  for size in range(1, k + 1):
+    for s in itertools.combinations(range(k), size):
+      s = list(s)
+      a = np.zeros((size + 1, size + 1))
+      a[:size, :size] = 2 * g[np.ix_(s, s)]
+      a[:size, size] = a[size, :size] = 1
+      rhs = np.zeros(size + 1)
+      rhs[size] = 1
+      try:
+        sol = np.linalg.solve(a, rhs)
+      except np.linalg.LinAlgError:
+        continue
+      if (sol[:size] >= -1e-12).all():
+        w = np.zeros(k)
+        w[s] = sol[:size]
+        best = min(best, w @ g @ w)
+  return best
+
+
+def test_simplex_least_squares_matches_enumeration():
+  rng = np.random.default_rng(0)
+  grams = []
+  for _ in range(6):
+    y = rng.normal(size=(5, 40)) + rng.normal(size=(1, 40))
+    grams.append(y @ y.T)
+  grams = np.stack(grams)
+  grams /= grams[:, :1, :1]
+  w, f = replicates.simplex_least_squares(grams)
+  assert np.allclose(w.sum(1), 1) and (w >= 0).all()
+  ref = np.array([_enumerate_simplex_ls(g) for g in grams])
+  np.testing.assert_allclose(f, ref, rtol=1e-5, atol=1e-9)
+
+
+def test_wilson_interval_hand_checked():
+  # 5 of 20 at z = 1.96: centre (0.25 + 0.09604) / 1.19208, half-width
+  # 1.95996 * sqrt(0.009375 + 0.0024007) / 1.19208 -> [0.11186, 0.46870].
+  lo, hi = replicates.wilson_interval(5, 20)
+  assert abs(lo - 0.111862) < 1e-5 and abs(hi - 0.468701) < 1e-5
+  assert replicates.wilson_interval(0, 10)[0] == 0.0
+  assert replicates.wilson_interval(0, 0) == [0.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def analyzed():
+  data = replicates.synthetic_set(11, num_train=300, num_copies=30, num_blend2=30, num_blend3=15,
+                                  num_novel=30, num_train_dups=4, image_size=16, copy_noise=4.0,
+                                  blend_weights=(0.3, 0.7))
+  labels = (np.arange(data["samples"].shape[0]) % 2).astype(np.int64)
+  report, per = replicates.analyze(data["samples"], data["train"], sample_labels=labels,
+                                   train_labels=np.zeros(data["train"].shape[0], np.int64),
+                                   chunk_size=32)
+  return data, report, per
+
+
+def test_analyze_known_answers(analyzed):
+  data, report, per = analyzed
+  kind, src = data["kind"], data["source"]
+  copies = kind == 0
+  assert per["is_replicate"][copies].all()
+  np.testing.assert_array_equal(per["nn1"][copies], src[copies, 0])
+  assert per["is_blend"][kind == 2].mean() >= 0.9
+  assert (per["is_blend"] | per["is_replicate"])[kind == 3].mean() >= 0.6
+  assert not (per["is_blend"] | per["is_replicate"])[kind == 4].any()
+  assert not (per["is_blend"] & per["is_replicate"]).any()
+  assert report["num_train"] == 304 and report["num_train_unique"] == 300
+  assert len(report["duplicate_train_pairs"]) == 4
+  assert all(j >= 300 for _, j in report["duplicate_train_pairs"])
+  # Indices refer to the original array and never to a duplicate's later copy.
+  assert per["nn1"].max() < 300 and per["nn2"].max() < 300
+  np.testing.assert_allclose(per["ratio"], per["d1"] / per["d2"])
+  n = kind.size
+  assert report["replicate_ratio"] == per["is_replicate"].sum() / n
+  assert report["replicate_ci95"] == replicates.wilson_interval(int(per["is_replicate"].sum()), n)
+  assert set(report["per_class"]) == {"0", "1"}
+  assert sum(c["num_samples"] for c in report["per_class"].values()) == n
+  assert report["replicated_train_class_counts"] == {"0": int(per["is_replicate"].sum())}
+  json.dumps(report)
+
+
+def test_analyze_duplicated_copy_is_found():
+  # A copy of an image that appears twice in train has d2 = 0 without dedupe.
+  data = replicates.synthetic_set(12, num_train=100, num_copies=0, num_blend2=0, num_novel=0,
+                                  image_size=16)
+  train = np.concatenate([data["train"], data["train"][5:6]])
+  samples = train[5:6].copy()
+  _, _, _, d2 = replicates.nearest_two(samples, train)
+  assert d2[0] == 0
+  report, per = replicates.analyze(samples, train)
+  assert per["is_replicate"][0] and per["nn1"][0] == 5 and per["d2"][0] > 0
+  assert report["duplicate_train_pairs"] == [[5, 100]]
+
+
+def test_analyze_rejects_bad_inputs():
+  good = np.zeros((4, 8, 8, 3), np.uint8)
+  with pytest.raises(ValueError, match="at least 2"):
+    replicates.analyze(good, np.zeros((5, 8, 8, 3), np.uint8))
+  with pytest.raises(ValueError, match="sizes differ"):
+    replicates.analyze(good, np.zeros((5, 16, 16, 3), np.uint8))
+  with pytest.raises(ValueError, match="dtype float32"):
+    replicates.analyze(good.astype(np.float32), good)
+  with pytest.raises(ValueError, match="blend_k"):
+    replicates.analyze(good, np.arange(10 * 192, dtype=np.uint8).reshape(10, 8, 8, 3), blend_k=1)
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+def _write_bad_inputs(d):
+  imgs = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+  cases = {
+      "missing": None,
+      "text": "not an archive",
+      "float01": imgs.astype(np.float32) / 255,
+      "float11": imgs.astype(np.float32) / 127.5 - 1,
+      "nan": np.full((6, 8, 8, 3), np.nan, np.float32),
+      "rank3": imgs[0],
+      "nchw": imgs.transpose(0, 3, 1, 2),
+      "empty": imgs[:0],
+      "mismatch": np.zeros((6, 16, 16, 3), np.uint8),
+      "object": np.array([imgs, None], dtype=object),
+      "nokey": "nokey",
+      "labels": "labels",
+      "int64": imgs.astype(np.int64),
+  }
+  paths = {}
+  for name, value in cases.items():
+    path = os.path.join(d, f"{name}.npz")
+    paths[name] = path
+    if value is None:
+      continue
+    if isinstance(value, str) and name == "text":
+      with open(path, "w") as f:
+        f.write(value)
+    elif name == "nokey":
+      np.savez(path, images=imgs)
+    elif name == "labels":
+      np.savez(path, imgs, np.arange(3))
+    elif value.dtype == object:
+      np.savez(path, value)  # pickled inside the archive
+    else:
+      np.savez(path, value)
+  good = os.path.join(d, "good.npz")
+  np.savez(good, imgs)
+  return paths, good
+
+
+def test_cli_bad_inputs_one_line_each(tmp_path, capsys):
+  paths, good = _write_bad_inputs(str(tmp_path))
+  for name, path in paths.items():
+    rc = replicates.main(["--samples", path, "--train", good, "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc != 0, name
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+    assert "Traceback" not in err
+  assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_round_trip_subprocess(tmp_path):
+  data = replicates.synthetic_set(13, num_train=120, num_copies=10, num_blend2=6, num_novel=8,
+                                  image_size=16)
+  s, t = tmp_path / "S.npz", tmp_path / "T.npz"
+  np.savez(s, data["samples"], np.zeros(data["samples"].shape[0], np.int64))
+  np.savez(t, data["train"])
+  out, per, grid = tmp_path / "r.json", tmp_path / "p.npz", tmp_path / "nn.png"
+  cmd = [sys.executable, "-m", "mem_diffusion.replicates", "--samples", str(s), "--train", str(t),
+         "--out", str(out), "--per-sample", str(per), "--grid", str(grid), "--threshold", "0.333",
+         "--blend-k", "6"]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  report = json.loads(out.read_text())
+  arrays = np.load(per)
+  assert report["num_samples"] == 24 and report["blend_k"] == 6 and report["threshold"] == 0.333
+  assert report["num_replicates"] == int(arrays["is_replicate"].sum()) >= 10
+  assert "0" in report["per_class"]
+  for key in ("nn1", "nn2", "d1", "d2", "ratio", "rho", "is_replicate", "is_blend"):
+    assert arrays[key].shape == (24,), key
+  assert grid.stat().st_size > 1000
+  bad = subprocess.run(cmd[:4] + [str(tmp_path / "nope.npz")] + cmd[5:], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=300)
+  assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "no such file" in bad.stderr
+
+
+def test_cli_acceptance_on_unseen_synthetic_set(tmp_path):
+  """Done-when of the issue, with a seed no other test uses (32x32 images)."""
+  data = replicates.synthetic_set(90517, num_train=1000, num_copies=200, num_blend2=200,
+                                  num_novel=300, blend_weights=(0.2, 0.8))
+  s, t, out, per = (tmp_path / n for n in ("S.npz", "T.npz", "r.json", "p.npz"))
+  np.savez(s, data["samples"])
+  np.savez(t, data["train"])
+  assert replicates.main(["--samples", str(s), "--train", str(t), "--out", str(out),
+                          "--per-sample", str(per)]) == 0
+  arrays = np.load(per)
+  kind = data["kind"]
+  flagged = arrays["is_replicate"] | arrays["is_blend"]
+  assert arrays["is_replicate"][kind == 0].mean() >= 0.99
+  assert arrays["is_blend"][kind == 2].mean() >= 0.90
+  assert flagged[kind == 4].mean() <= 0.01
+
+
+def test_load_npz_accepts_improved_diffusion_format(tmp_path):
+  imgs = np.zeros((3, 4, 4, 3), np.uint8)
+  np.savez(tmp_path / "a.npz", imgs, np.array([1, 2, 3]))
+  x, y = npz_io.load_npz(str(tmp_path / "a.npz"))
+  assert x.shape == (3, 4, 4, 3) and y.tolist() == [1, 2, 3]

@@ -1,0 +1,158 @@
+"""CIFAR-10 through tensorflow-datasets, offline, with a seeded class split.
+
+The study needs the 6,000 automobile images (label 1) of train+test: a seeded
+split puts `num_original` of them in the train set and keeps the rest as a
+disjoint pool (the "more cars" dummies, the cars behind hybrids, and held-out
+cars for the quality figure). Other classes split the same way.
+
+Images are identified by their CIFAR-10 index: i for tfds id 'train_i' and
+50000 + i for 'test_i' (the order of the official binary files), and each
+class is sorted by that index before the seeded permutation, so a split does
+not depend on the order in which tfds happens to read its shards.
+
+The machine that trains may have no internet, so this module never downloads;
+`_missing_data_message` says what to do instead. Nothing is ever unpickled:
+tfds prepares CIFAR-10 from the *binary* archive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import numpy as np
+
+from mem_diffusion.data import generators
+
+CIFAR_SIZE = 32
+NUM_CLASSES = 10
+PER_CLASS = 6000  # train + test images of every CIFAR-10 class
+AUTOMOBILE = 1  # label number; mock_data names the classes '0'..'9'
+_BINARY = "cifar-10-binary.tar.gz"
+_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+_BINARY_SIZE = 170052171
+_BINARY_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+
+
+class CifarUnavailableError(FileNotFoundError):
+  """CIFAR-10 is not prepared locally and cannot be downloaded here."""
+
+
+def resolve_data_dir(configured: str = "") -> str:
+  """data.tfds_data_dir, else $TFDS_DATA_DIR, else tfds's default."""
+  path = configured or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def manual_archive_path(data_dir: str) -> str:
+  """Where tfds's default download config looks for a manually placed file."""
+  return os.path.join(data_dir, "downloads", "manual", _BINARY)
+
+
+def _version() -> str:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return str(tfds.builder_cls("cifar10").VERSION)
+
+
+def _missing_data_message(data_dir: str) -> str:
+  version = _version()
+  return (
+      f"CIFAR-10 is not prepared in {data_dir} (taken from data.tfds_data_dir, "
+      "else $TFDS_DATA_DIR, else ~/tensorflow_datasets), and this code never "
+      "downloads. Two offline routes work:\n"
+      f"  1. Copy a prepared tfds folder: on any machine with internet run\n"
+      "       python -c \"import tensorflow_datasets as tfds; "
+      "tfds.builder('cifar10').download_and_prepare()\"\n"
+      f"     then copy its ~/tensorflow_datasets/cifar10/{version}/ folder to "
+      f"{os.path.join(data_dir, 'cifar10', version)}/ .\n"
+      f"  2. Put the official binary archive {_BINARY} ({_BINARY_URL}, "
+      f"{_BINARY_SIZE} bytes, sha256 {_BINARY_SHA256}) at\n"
+      f"       {manual_archive_path(data_dir)}\n"
+      "     and run again: tfds then prepares the dataset from it without "
+      "network access. (The python-pickle archive cifar-10-python.tar.gz is "
+      "not accepted: nothing here unpickles.)")
+
+
+def _prepare_from_manual_archive(builder, data_dir: str) -> None:
+  """Runs tfds's own preparation when the binary archive was placed by hand."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  archive = manual_archive_path(data_dir)
+  if not os.path.exists(archive):
+    return
+  config = tfds.download.DownloadConfig(manual_dir=os.path.dirname(archive))
+  try:
+    builder.download_and_prepare(download_config=config)
+  except Exception as e:  # checksum mismatch, truncated file, full disk, ...
+    raise CifarUnavailableError(
+        f"Preparing CIFAR-10 from {archive} failed ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}). The file must be the "
+        f"official {_BINARY} ({_BINARY_SIZE} bytes, sha256 {_BINARY_SHA256}).\n"
+        + _missing_data_message(data_dir)) from e
+
+
+def _cifar_index(ids: np.ndarray) -> np.ndarray | None:
+  out = np.empty(len(ids), np.int64)
+  for k, raw in enumerate(ids):
+    m = re.fullmatch(r"(train|test)_(\d+)", raw.decode() if isinstance(raw, bytes) else raw)
+    if m is None:
+      return None  # not real CIFAR ids (tfds.testing.mock_data): use read order
+    out[k] = int(m.group(2)) + (50000 if m.group(1) == "test" else 0)
+  return out
+
+
+def load_classes(classes, data_dir: str = "") -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """{class: (uint8 images (n, 32, 32, 3), CIFAR indices (n,))}, index-sorted."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = resolve_data_dir(data_dir)
+  wanted = sorted({int(c) for c in classes})
+  builder = tfds.builder("cifar10", data_dir=data_dir)
+  if not builder.is_prepared():
+    _prepare_from_manual_archive(builder, data_dir)
+  try:
+    ds = tfds.load("cifar10", split="train+test", data_dir=data_dir,
+                   download=False, shuffle_files=False)
+  except AssertionError as e:
+    raise CifarUnavailableError(_missing_data_message(data_dir)) from e
+  want = tf.constant(wanted, tf.int64)
+  ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], want)))
+  images, labels, ids = [], [], []
+  for batch in tfds.as_numpy(ds.batch(4096)):
+    images.append(batch["image"])
+    labels.append(batch["label"])
+    ids.append(batch["id"])
+  if not images:
+    return {c: (np.zeros((0, CIFAR_SIZE, CIFAR_SIZE, 3), np.uint8),
+                np.zeros((0,), np.int64)) for c in wanted}
+  images = np.concatenate(images)
+  labels = np.concatenate(labels)
+  ids = np.concatenate(ids)
+  index = _cifar_index(ids)
+  if index is None:
+    index = np.arange(len(ids), dtype=np.int64)
+  out = {}
+  for c in wanted:
+    rows = np.flatnonzero(labels == c)
+    rows = rows[np.argsort(index[rows], kind="stable")]
+    out[c] = (images[rows].astype(np.uint8), index[rows])
+  return out
+
+
+def class_order(seed: int, cls: int, n: int) -> np.ndarray:
+  """Seeded order of a class's images: the first k form the train set."""
+  key = jax.random.fold_in(generators.stream_key(seed, generators.STREAM_CAR_SPLIT), cls)
+  return np.asarray(jax.random.permutation(key, n))
+
+
+def downscale(images: np.ndarray, size: int) -> np.ndarray:
+  """Box (area) average to size x size, rounded; deterministic numpy."""
+  images = np.asarray(images)
+  h = images.shape[1]
+  if size == h:
+    return images
+  if size <= 0 or h % size:
+    raise ValueError(f"data.image_size={size} must divide {h} for CIFAR images")
+  f = h // size
+  x = images.astype(np.float64).reshape(len(images), size, f, size, f, images.shape[-1])
+  return np.clip(np.round(x.mean(axis=(2, 4))), 0, 255).astype(np.uint8)

@@ -23,6 +23,7 @@ Tensors are NCHW in the file, NHWC in the model.
 """
 
 import dataclasses
+import functools
 import json
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -129,15 +130,19 @@ def build_params(data, model):
   return params
 
 
-def make_apply(model, params, y) -> Callable:
-  """A jitted model_fn(x_nhwc, t_model) with params and labels bound."""
+@functools.lru_cache(maxsize=8)
+def _jitted_apply(model):
   import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda params, x, t, y: model.apply({"params": params}, x, t, y))
+
+
+def make_apply(model, params, y) -> Callable:
+  """A jitted model_fn(x_nhwc, t_model) with params and labels bound.
+
+  Compiled once per model configuration (modules compare by their fields).
+  """
   use_y = y if model.num_classes else None
-
-  @jax.jit
-  def apply(params, x, t, y):
-    return model.apply({"params": params}, x, t, y)
-
+  apply = _jitted_apply(model)
   return lambda x, t: apply(params, x, t, use_y)
 
 
@@ -182,6 +187,7 @@ def check_unet(data) -> List[Result]:
 
 
 def check_diffusion(data, handled: set) -> List[Result]:
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mem_diffusion import diffusion as diff_lib  # pylint: disable=g-import-not-at-top
   from mem_diffusion.diffusion import samplers  # pylint: disable=g-import-not-at-top
@@ -245,13 +251,17 @@ def check_diffusion(data, handled: set) -> List[Result]:
     model_fn = make_apply(model, build_params(data, model), y)
 
   if model_fn is not None and has("t", "xt") and any(k.startswith("pmv/") for k in keys):
-    pmv = base.p_mean_variance(model_fn, jnp.asarray(_nhwc(data["xt"])), jnp.asarray(data["t"]),
-                               clip_denoised=True)
+    pmv = _pmv(base, model_fn, jnp.asarray(_nhwc(data["xt"])), jnp.asarray(data["t"]))
     for name, val in pmv.items():
       if "pmv/" + name in keys:
         record("pmv/" + name, _nchw(val), gain=_eps_gain(base, name, data["t"]))
   if model_fn is not None and has("x0", "t", "noise") and any(k.startswith("loss/") for k in keys):
-    losses = base.training_losses(model_fn, x0, jnp.asarray(data["t"]), noise)
+    t = jnp.asarray(data["t"])
+    output = model_fn(jax.jit(base.q_sample)(x0, t, noise), base.model_timesteps(t))
+    # training_losses itself, with the network's output precomputed (same
+    # inputs: it recomputes the same x_t), so only the loss math is compiled.
+    losses = jax.jit(lambda out, x0, t, noise: base.training_losses(
+        lambda x, tm: out, x0, t, noise))(output, x0, t, noise)
     for name, val in losses.items():
       if "loss/" + name in keys:
         factor = steps if loss_factor == "T" and name in ("loss", "vb") else 1
@@ -260,7 +270,10 @@ def check_diffusion(data, handled: set) -> List[Result]:
   spaced_keys = [k for k in keys if k.startswith("spaced/")]
   if spaced_keys:
     spec = _spacing(data, cfg, steps)
-    spaced = base.respaced(diff_lib.space_timesteps(steps, spec))
+    try:
+      spaced = base.respaced(diff_lib.space_timesteps(steps, spec))
+    except ValueError as e:
+      raise ParityError(f"spaced/spacing {spec!r}: {e}") from None
     for k in sorted(spaced_keys):
       if _is_schedule_attr(spaced, k[7:]):
         record(k, getattr(spaced, k[7:]))
@@ -272,13 +285,15 @@ def check_diffusion(data, handled: set) -> List[Result]:
     if st is not None and "spaced/xt" in keys and model_fn is not None:
       sxt = jnp.asarray(_nhwc(data["spaced/xt"]))
       if any(k.startswith("spaced/pmv_") for k in keys):
-        pmv = spaced.p_mean_variance(model_fn, sxt, st, clip_denoised=True)
+        pmv = _pmv(spaced, model_fn, sxt, st)
         for name, val in pmv.items():
           if "spaced/pmv_" + name in keys:
             record("spaced/pmv_" + name, _nchw(val), gain=_eps_gain(spaced, name, data["spaced/t"]))
       if "spaced/ddim_sample" in keys:
-        record("spaced/ddim_sample",
-               _nchw(samplers.ddim_step(spaced, model_fn, sxt, st, eta=0.0, clip_denoised=True)),
+        output = model_fn(sxt, spaced.model_timesteps(st))
+        step = jax.jit(lambda out, x, t: samplers.ddim_step(
+            spaced, lambda xx, tm: out, x, t, eta=0.0, clip_denoised=True))
+        record("spaced/ddim_sample", _nchw(step(output, sxt, st)),
                gain=_eps_gain(spaced, "ddim", data["spaced/t"]))
   return results
 
@@ -307,6 +322,14 @@ def _eps_gain(diffusion, name: str, t) -> Optional[np.ndarray]:
     # x0 sqrt(abar_prev) + sqrt(1 - abar_prev) (A x_t - x0) / B
     return np.abs(np.sqrt(abar_prev) - np.sqrt(1 - abar_prev) / b) * d_x0
   return None
+
+
+def _pmv(diffusion, model_fn, x, t):
+  """p_mean_variance(clip_denoised=True): network once, the rest one jitted call."""
+  import jax  # pylint: disable=g-import-not-at-top
+  output = model_fn(x, diffusion.model_timesteps(t))
+  return jax.jit(lambda out, x, t: diffusion.p_mean_variance(
+      lambda xx, tm: out, x, t, clip_denoised=True))(output, x, t)
 
 
 def _is_schedule_attr(diffusion, name: str) -> bool:

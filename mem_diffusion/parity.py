@@ -176,7 +176,9 @@ def _loss_type(cfg) -> tuple:
 
 def check_unet(data) -> List[Result]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = build_model(_json(data, "config_json"))
+  # A diffusion file keeps the network's config in model_config_json.
+  cfg_key = "model_config_json" if "model_config_json" in data.files else "config_json"
+  model = build_model(_json(data, cfg_key))
   params = build_params(data, model)
   y = jnp.asarray(data["y"]) if "y" in data.files else None
   if model.num_classes and y is None:
@@ -234,8 +236,7 @@ def check_diffusion(data, handled: set) -> List[Result]:
   if has("x0", "t", "noise", "xt"):
     record("xt", _nchw(base.q_sample(x0, jnp.asarray(data["t"]), noise)))
 
-  needs_model = any(k.startswith(("pmv/", "loss/")) or k in ("spaced/pmv_mean", "spaced/pmv_variance",
-                    "spaced/pmv_log_variance", "spaced/pmv_pred_xstart", "spaced/ddim_sample")
+  needs_model = any(k.startswith(("pmv/", "loss/", "spaced/pmv_")) or k == "spaced/ddim_sample"
                     for k in keys)
   model_fn = None
   if needs_model:
@@ -362,14 +363,12 @@ def check_file(path: str) -> List[Result]:
     keys = set(data.files)
     results: List[Result] = []
     handled = set()
-    if {"out", "x", "t_model"} <= keys:
-      if "config_json" not in keys:
-        raise ParityError("UNet file without config_json")
+    if "config_json" not in keys:
+      raise ParityError("no config_json: the model/diffusion cannot be rebuilt")
+    if {"out", "x", "t_model"} <= keys:  # a UNet forward pass
       results += check_unet(data)
       handled.add("out")
-    elif any(k.startswith(_DIFFUSION_PREFIXES) for k in keys) or "xt" in keys:
-      if "config_json" not in keys:
-        raise ParityError("diffusion file without config_json")
+    if any(k.startswith(_DIFFUSION_PREFIXES) for k in keys) or "xt" in keys:
       results += check_diffusion(data, handled)
     for k in sorted(keys - handled - _INPUT_KEYS):
       if not k.startswith("param/"):

@@ -112,6 +112,10 @@ def test_unreadable_or_empty_files(tmp_path, capsys):
   np.savez(inputs_only, x0=np.zeros((1, 3, 2, 2), np.float32), config_json=np.array("{}"))
   assert parity.main([str(inputs_only)]) == 1
   assert "nothing to compare" in capsys.readouterr().out
+  no_cfg = tmp_path / "nocfg.npz"
+  np.savez(no_cfg, **{"base/betas": np.ones(3)})
+  assert parity.main([str(no_cfg)]) == 2
+  assert "config_json" in capsys.readouterr().out
   bad_cfg = _linear_file(tmp_path / "sched.npz", config_json=np.array(
       json.dumps({"steps": 10, "schedule": "sigmoid"})))
   assert parity.main([bad_cfg]) == 2

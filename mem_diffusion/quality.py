@@ -123,7 +123,7 @@ def _sqrtm_psd(m: np.ndarray) -> np.ndarray:
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
   """|mu_x - mu_y|^2 + tr(Sx + Sy - 2 (Sx^1/2 Sy Sx^1/2)^1/2) of two feature sets."""
   mx, my = x.mean(0), y.mean(0)
-  sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  sx, sy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
   root = _sqrtm_psd(sx)
   cross = np.linalg.eigvalsh(root @ sy @ root)
   tr_cross = float(np.sum(np.sqrt(np.maximum(cross, 0.0))))

@@ -1,0 +1,62 @@
+"""JSON, PNG grids and the evaluation plots."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mem_diffusion import report
+
+
+def test_write_json_atomic_and_numpy_aware(tmp_path):
+  path = tmp_path / "sub" / "r.json"
+  report.write_json(str(path), {"a": np.int64(3), "b": np.arange(3), "c": np.float32(0.5),
+                                "d": float("nan"), 4: [np.bool_(True)]})
+  assert json.loads(path.read_text()) == {"a": 3, "b": [0, 1, 2], "c": 0.5, "d": None,
+                                          "4": [True]}
+  report.write_json(str(path), {"x": 1})  # overwrite in place
+  assert json.loads(path.read_text()) == {"x": 1}
+  assert os.listdir(path.parent) == ["r.json"]  # no temporary file left behind
+
+
+def test_write_json_failure_keeps_old_file(tmp_path):
+  path = tmp_path / "r.json"
+  report.write_json(str(path), {"ok": True})
+  with pytest.raises(TypeError):
+    report.write_json(str(path), {"bad": object()})
+  assert json.loads(path.read_text()) == {"ok": True}
+  assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_image_grid_layout_and_png_round_trip(tmp_path):
+  imgs = np.stack([np.full((4, 5, 3), 10 * i, np.uint8) for i in range(5)])
+  grid = report.image_grid(imgs, ncols=3, pad=1)
+  assert grid.shape == (2 * 5 + 1, 3 * 6 + 1, 3) and grid.dtype == np.uint8
+  assert (grid[1:5, 1:6] == 0).all() and (grid[6:10, 7:12] == 40).all()
+  assert (grid[6:10, 13:18] == 255).all()  # empty cell stays padding
+  report.save_png(str(tmp_path / "g.png"), grid)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
+  with pytest.raises(ValueError):
+    report.image_grid(imgs.astype(np.float32), 3)
+
+
+def test_figures_are_written(tmp_path):
+  rng = np.random.default_rng(0)
+  train = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+  samples = train[:10]
+  per = {"nn1": np.arange(10), "nn2": np.arange(10, 20), "d1": np.zeros(10),
+         "d2": np.ones(10), "ratio": np.linspace(0, 1, 10), "rho": np.linspace(0, 1, 10),
+         "is_replicate": np.arange(10) < 3, "is_blend": np.arange(10) == 5}
+  paths = [tmp_path / n for n in ("nn.png", "h.png", "cdf.png", "line.png")]
+  report.nearest_neighbors_figure(samples, train, per, str(paths[0]), num_each=2)
+  report.ratio_histogram(per["ratio"], str(paths[1]), 1 / 3)
+  report.distance_cdf_figure([("a", rng.random(50)), ("b", rng.random(40))], str(paths[2]))
+  report.line_plot([1, 2, 4], {"gm": [0.5, 0.2, 0.1]}, str(paths[3]),
+                   errors={"gm": [0.1, 0.05, 0.02]}, xlabel="dummy (k)", ylabel="replicates")
+  for p in paths:
+    im = Image.open(p)
+    assert im.size[0] > 100 and im.size[1] > 100, p
+  # 2 replicated + 1 blend + 2 random rows of three panels.
+  assert Image.open(paths[0]).size[1] > Image.open(paths[1]).size[1]

@@ -12,7 +12,7 @@ with GroupNorm statistics and the attention softmax always in float32.
 """
 
 import math
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -222,7 +222,12 @@ def unet_from_config(model_cfg: Mapping[str, Any], image_size: int) -> UNet:
   learned sigma gives 6 output channels; num_classes 0 is unconditional.
   Settings the reference would silently ignore or crash on raise ValueError.
   """
-  get = model_cfg.get if hasattr(model_cfg, "get") else model_cfg.__getitem__
+  def get(key):
+    try:
+      return model_cfg[key]
+    except KeyError:
+      raise ValueError(f"model.{key} is missing from the model config") from None
+
   mult = tuple(int(m) for m in get("channel_mult"))
   mc = int(get("model_channels"))
   heads = int(get("num_heads"))

@@ -92,11 +92,19 @@ def geometric_float(key: jax.Array, image_size: int) -> jax.Array:
   return bg * (1.0 - alpha) + fg * alpha
 
 
-def geometric_kind(seed: int, index: int) -> str:
-  """Which element image `index` shows (for previews and audits)."""
-  key = jax.random.fold_in(generators.stream_key(seed, generators.STREAM_GEOMETRIC),
-                           index)
-  return KINDS[int(jax.random.randint(jax.random.split(key, 3)[0], (), 0, len(KINDS)))]
+@jax.jit
+def _kinds(stream, indices):
+  def one(i):
+    k_kind = jax.random.split(jax.random.fold_in(stream, i), 3)[0]
+    return jax.random.randint(k_kind, (), 0, len(KINDS))
+  return jax.vmap(one)(indices)
+
+
+def geometric_kinds(seed: int, indices) -> list[str]:
+  """Which element each image shows (for previews and audits)."""
+  stream = generators.stream_key(seed, generators.STREAM_GEOMETRIC)
+  ids = np.asarray(_kinds(stream, np.asarray(indices, np.uint32)))
+  return [KINDS[k] for k in ids]
 
 
 @functools.lru_cache(maxsize=None)

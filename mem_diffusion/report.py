@@ -47,11 +47,14 @@ def write_json(path: str, obj: Any) -> None:
     raise
 
 
-def image_grid(images_u8: np.ndarray, ncols: int, pad: int = 1, pad_value: int = 255) -> np.ndarray:
-  """Tiles uint8 (N, H, W, C) images row by row into one uint8 image."""
+def image_grid(images_u8: np.ndarray, ncols: int | None = None, pad: int = 1,
+               pad_value: int = 255) -> np.ndarray:
+  """Tiles uint8 (N, H, W, C) images row by row (ncols default: ~square grid)."""
   images = np.asarray(images_u8)
   if images.dtype != np.uint8 or images.ndim != 4:
     raise ValueError(f"image_grid: expected uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+  if ncols is None:
+    ncols = max(1, int(np.ceil(np.sqrt(images.shape[0]))))
   if ncols < 1:
     raise ValueError(f"image_grid: ncols={ncols} must be >= 1")
   n, h, w, c = images.shape
@@ -68,6 +71,8 @@ def image_grid(images_u8: np.ndarray, ncols: int, pad: int = 1, pad_value: int =
 def save_png(path: str, array: np.ndarray) -> None:
   """Saves a uint8 (H, W), (H, W, 1) or (H, W, 3) array as PNG."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
+  if not isinstance(path, (str, os.PathLike)):
+    raise TypeError(f"save_png(path, array): path must be a str, got {type(path).__name__}")
   a = np.asarray(array)
   if a.dtype != np.uint8:
     raise ValueError(f"save_png: expected uint8, got {a.dtype}")

@@ -40,6 +40,9 @@ def test_image_grid_layout_and_png_round_trip(tmp_path):
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
   with pytest.raises(ValueError):
     report.image_grid(imgs.astype(np.float32), 3)
+  assert report.image_grid(imgs[:4], pad=0).shape == (8, 10, 3)  # default: square-ish
+  with pytest.raises(TypeError, match="path"):
+    report.save_png(grid, str(tmp_path / "x.png"))
 
 
 def test_figures_are_written(tmp_path):

@@ -83,8 +83,13 @@ def _type_ok(value: Any, ref: Any) -> bool:
   return True
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first bad key; returns None when runnable."""
+def validate_config(config: ml_collections.ConfigDict, *,
+                    data_checks: bool = True) -> None:
+  """Raises ConfigError naming the first bad key; returns None when runnable.
+
+  `data_checks=False` skips mem_diffusion.data's checks (and its TensorFlow
+  import), for callers that never build the train set.
+  """
   flat = flatten(config)
   schema = _schema()
   if schema is not None:
@@ -215,14 +220,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   positive_int("eval.blend_k")
   positive_int("eval.num_heldout")
 
+  # The data package's own checks (they load nothing, but import TensorFlow,
+  # so they run last, once everything cheap has passed).
+  if data_checks:
+    from mem_diffusion import data  # pylint: disable=g-import-not-at-top
+    try:
+      data.validate_data_config(config.data)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
 
 def _num_data_labels(flat: Mapping[str, Any]) -> int:
-  """How many distinct labels the configured train set carries."""
+  """How many distinct labels the train set carries (as mem_diffusion.data).
+
+  Extra cars are still cars: 'cars' dummies add no label.
+  """
   if flat["data.dataset"] == "cifar_classes":
     n = len(flat["data.classes"])
   else:
     n = 1
-  return n + (1 if flat["data.dummy_kind"] else 0)
+  return n + (1 if flat["data.dummy_kind"] not in ("", "cars") else 0)
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -240,15 +257,15 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]
   old_flat, new_flat = flatten(old), flatten(new)
   changed = sorted(k for k in set(old_flat) | set(new_flat)
                    if old_flat.get(k, _MISSING) != new_flat.get(k, _MISSING))
-  safe = [k for k in changed if _is_safe(k)]
-  unsafe = [k for k in changed if not _is_safe(k)]
+  safe = [k for k in changed if is_safe_change(k)]
+  unsafe = [k for k in changed if not is_safe_change(k)]
   return unsafe, safe
 
 
 _MISSING = object()
 
 
-def _is_safe(key: str) -> bool:
+def is_safe_change(key: str) -> bool:
   return any(key == s or (s.endswith(".") and key.startswith(s))
              for s in SAFE_TO_CHANGE)
 

@@ -1,0 +1,474 @@
+"""IDDPM training: TrainState, the jitted data-parallel step, and the loop.
+
+The loop is built so that a run's result depends only on (config, step):
+- every random key is fold_in(fold_in(seed, TRAIN), step) (then a tag), never
+  a device or process index, so 1 and 8 devices draw the same numbers (JAX's
+  partitionable threefry generates a global array independently of sharding);
+- the input pipeline is a pure function of the step (mem_diffusion.data);
+- the TrainState holds everything else (including the importance sampler);
+so resuming from a checkpoint reproduces an uninterrupted run bit for bit.
+
+TensorFlow (pulled in by the data modules and clu's TensorBoard writer) is
+imported lazily, inside train_and_evaluate, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mem_diffusion import checkpoint as checkpoint_lib
+from mem_diffusion import metrics as metrics_lib
+from mem_diffusion import parallel
+from mem_diffusion import validate
+from mem_diffusion.diffusion import diffusion_from_config
+from mem_diffusion.diffusion import samplers
+from mem_diffusion.diffusion import timestep_samplers
+from mem_diffusion.models import unet_from_config
+
+# fold_in tags: one independent stream per purpose.
+_INIT, _TRAIN, _GRID = 0, 1, 2
+_T_TAG, _NOISE_TAG, _DROPOUT_TAG = 0, 1, 2
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or gradient norm became NaN/inf; nothing after it was saved."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT: the current step was saved, the run can be resumed."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(f"stopped by signal {signum} at step {step}; the "
+                     "checkpoint is saved, rerun the same command to resume")
+    self.step, self.signum = step, signum
+
+
+@flax.struct.dataclass
+class TrainState:
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  step: jax.Array  # int32 scalar: number of completed optimizer steps
+  rng: jax.Array  # uint32[2] raw key; per-step keys are fold_in(rng, step)
+  sampler_state: Any  # timestep sampler state (empty for uniform)
+
+
+def make_optimizer(training_cfg: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """Adam as in IDDPM (no warm-up, no clipping); AdamW only with weight decay."""
+  lr = training_cfg.learning_rate
+  if training_cfg.weight_decay > 0:
+    return optax.adamw(lr, weight_decay=training_cfg.weight_decay)
+  return optax.adam(lr)
+
+
+def make_init_fn(model, tx, sampler, config) -> Callable[[jax.Array], TrainState]:
+  """key -> initial TrainState (jit it with replicated out_shardings)."""
+  size = config.data.image_size
+  conditional = bool(config.model.num_classes)
+
+  def init(key):
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
+    t = jnp.zeros((1,), jnp.float32)
+    y = jnp.zeros((1,), jnp.int32) if conditional else None
+    params = model.init({"params": jax.random.fold_in(key, _INIT)}, x, t, y,
+                        train=False)["params"]
+    return TrainState(
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=tx.init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.fold_in(key, _TRAIN),
+        sampler_state=_pack_sampler_state(sampler.init()))
+  return init
+
+
+def _pack_sampler_state(sampler_state):
+  # Orbax refuses zero-size arrays, which is how the uniform sampler's
+  # (unused) state looks: store an empty dict instead.
+  if all(np.size(x) == 0 for x in jax.tree.leaves(sampler_state)):
+    return {}
+  return sampler_state
+
+
+def _unpack_sampler_state(packed, sampler):
+  return sampler.init() if isinstance(packed, dict) and not packed else packed
+
+
+def make_train_step(model, diffusion, tx, sampler, config,
+                    mesh: jax.sharding.Mesh):
+  """The jitted step (state, batch) -> (state, metrics); the state is donated.
+
+  The batch arrives sharded over 'data'; params are replicated; XLA inserts
+  the gradient all-reduce. With grad_accum_steps = A the batch is split into A
+  micro-batches by striding (rows i, i+A, ...), so each device keeps its own
+  rows, and the gradients are averaged over a lax.scan.
+  """
+  conditional = bool(config.model.num_classes)
+  accum = config.training.grad_accum_steps
+  decay = config.training.ema_decay
+  num_t = diffusion.num_timesteps
+  rep = parallel.replicated(mesh)
+  micro_spec = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
+
+  def loss_fn(params, x0, y, t, weights, noise, dropout_key):
+    def model_fn(x, t_model):
+      return model.apply({"params": params}, x, t_model, y, train=True,
+                         rngs={"dropout": dropout_key})
+    losses = diffusion.training_losses(model_fn, x0, t, noise)
+    return jnp.mean(weights * losses["loss"]), losses
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def split(x):  # (B, ...) -> (A, B/A, ...), micro-batch i = rows i::A
+    x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, micro_spec)
+
+  def merge(x):  # inverse of split
+    return x.swapaxes(0, 1).reshape((-1,) + x.shape[2:])
+
+  def step(state: TrainState, batch):
+    x0 = batch["image"].astype(jnp.float32)
+    y = batch["label"].astype(jnp.int32) if conditional else None
+    key = jax.random.fold_in(state.rng, state.step)
+    sampler_state = _unpack_sampler_state(state.sampler_state, sampler)
+    t, weights = sampler.sample(sampler_state,
+                                jax.random.fold_in(key, _T_TAG), x0.shape[0])
+    noise = jax.random.normal(jax.random.fold_in(key, _NOISE_TAG), x0.shape,
+                              jnp.float32)
+    dropout_key = jax.random.fold_in(key, _DROPOUT_TAG)
+    if accum == 1:
+      (_, losses), grads = grad_fn(state.params, x0, y, t, weights, noise,
+                                   dropout_key)
+    else:
+      def micro(grad_sum, inputs):
+        i, mx, my, mt, mw, mn = inputs
+        (_, l), g = grad_fn(state.params, mx, my, mt, mw, mn,
+                            jax.random.fold_in(dropout_key, i))
+        return jax.tree.map(jnp.add, grad_sum, g), l
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      ys = split(y) if conditional else jnp.zeros((accum, 0))
+      if not conditional:
+        ys = None
+      grads, losses = jax.lax.scan(
+          micro, zeros,
+          (jnp.arange(accum), split(x0), ys, split(t), split(weights),
+           split(noise)))
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      losses = jax.tree.map(merge, losses)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+    sampler_state = _pack_sampler_state(
+        sampler.update(sampler_state, t, losses["loss"]))
+    stats = metrics_lib.step_statistics(
+        t, num_t, {k: weights * losses[k] for k in metrics_lib.TERMS})
+    stats["grad_norm"] = optax.global_norm(grads)
+    new_state = state.replace(params=params, ema_params=ema,
+                              opt_state=opt_state, step=state.step + 1,
+                              sampler_state=sampler_state)
+    return new_state, stats
+
+  batch_sharding = parallel.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(rep, batch_sharding),
+                 out_shardings=(rep, rep), donate_argnums=0)
+
+
+_BUILD_CACHE: dict[Any, tuple] = {}
+
+
+def _build_key(config, mesh) -> tuple:
+  """What the compiled functions depend on: the config minus the safe keys."""
+  flat = validate.flatten(config)
+  relevant = sorted((k, repr(v)) for k, v in flat.items()
+                    if not validate.is_safe_change(k))
+  return tuple(relevant), tuple(d.id for d in mesh.devices.flat)
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """(model, diffusion, tx, sampler, init_fn, train_step) for a config.
+
+  Cached per (config minus safe keys, mesh), so that repeated runs in one
+  process (a resume, the tests) reuse the compiled step.
+  """
+  key = _build_key(config, mesh)
+  if key not in _BUILD_CACHE:
+    model = unet_from_config(config.model, config.data.image_size)
+    diffusion = diffusion_from_config(config.diffusion,
+                                      config.model.learn_sigma)
+    tx = make_optimizer(config.training)
+    sampler = timestep_samplers.create(config.diffusion.timestep_sampler,
+                                       diffusion.num_timesteps)
+    init_fn = make_init_fn(model, tx, sampler, config)
+    train_step = make_train_step(model, diffusion, tx, sampler, config, mesh)
+    _BUILD_CACHE[key] = (model, diffusion, tx, sampler, init_fn, train_step)
+  return _BUILD_CACHE[key]
+
+
+_INIT_CACHE: dict[Any, Any] = {}
+
+
+def initial_state(init_fn, config, mesh) -> TrainState:
+  """The step-0 state, replicated over the mesh.
+
+  On CPU the initialiser is compiled at LLVM optimisation level 0: it runs
+  once, and the ~100 random-number kernels of a UNet's initialisers otherwise
+  take several times longer to compile than to run. The values are a pure
+  function of (config, seed) either way (the option is always the same).
+  """
+  key = (_build_key(config, mesh), config.seed)
+  if key not in _INIT_CACHE:
+    seed = config.seed
+    fn = jax.jit(lambda: init_fn(jax.random.PRNGKey(seed)),
+                 out_shardings=parallel.replicated(mesh))
+    options = ({"xla_backend_optimization_level": 0}
+               if jax.default_backend() == "cpu" else None)
+    _INIT_CACHE[key] = fn.lower().compile(compiler_options=options)
+  return _INIT_CACHE[key]()
+
+
+def abstract_state(init_fn, config, mesh) -> TrainState:
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
+  return checkpoint_lib.abstract_like(shapes, parallel.replicated(mesh))
+
+
+class _SignalCatcher:
+  """Records SIGTERM/SIGINT instead of dying, so the loop can save first."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    for s in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[s] = signal.signal(s, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:  # a second signal: give up at once
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("signal %d received: saving at the end of this step", signum)
+
+  def __exit__(self, *exc):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+
+
+def _make_grid_fn(model, config, mesh):
+  """jitted (ema_params, key) -> uint8 images for the periodic sample grid."""
+  diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma,
+                                    config.training.grid_respacing)
+  n, size = config.training.grid_num_samples, config.data.image_size
+  label = config.sampling.label if config.model.num_classes else None
+
+  def grid(params, key):
+    y = None if label is None else jnp.full((n,), label, jnp.int32)
+    def model_fn(x, t_model):
+      return model.apply({"params": params}, x, t_model, y, train=False)
+    x = samplers.sample(diffusion, model_fn, (n, size, size, 3), key)
+    return jnp.clip(jnp.round((x + 1) * 127.5), 0, 255).astype(jnp.uint8)
+  return jax.jit(grid, out_shardings=parallel.replicated(mesh))
+
+
+def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
+  from mem_diffusion import report  # pylint: disable=g-import-not-at-top
+  grid = report.image_grid(images)
+  report.save_png(grid, path)
+  writer.write_images(step, {"samples": grid[None]})
+
+
+def _guard_workdir(config, workdir: str) -> None:
+  """Refuses to resume a workdir whose config.json differs in unsafe keys."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      safe = validate.guard_workdir_config(f.read(), config)
+    if safe:
+      logging.info("resuming with changed safe keys: %s", ", ".join(safe))
+
+
+def _write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+
+def _summary(state: TrainState, meta: dict[str, Any], mesh, *,
+             images_per_second: float | None, config) -> dict[str, Any]:
+  params, ema = parallel.fetch((state.params, state.ema_params))
+  return {
+      "name": config.name,
+      "step": int(parallel.fetch(state.step)),
+      "final_loss": meta.get("last_loss"),
+      "params_sha256": metrics_lib.tree_sha256(params),
+      "ema_sha256": metrics_lib.tree_sha256(ema),
+      "params_l2_norm": metrics_lib.tree_l2_norm(params),
+      "ema_l2_norm": metrics_lib.tree_l2_norm(ema),
+      "num_params": int(sum(np.size(p) for p in jax.tree.leaves(params))),
+      "num_devices": int(mesh.devices.size),
+      "num_processes": jax.process_count(),
+      "images_per_second": images_per_second,
+      "wall_seconds": meta.get("wall_seconds"),
+  }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> dict[str, Any]:
+  """Trains to config.training.num_steps, resuming from the latest checkpoint.
+
+  Returns the train summary (also written to <workdir>/train_summary.json).
+  Raises validate.ConfigError for an unrunnable config or a config that does
+  not match the workdir, TrainingDivergedError on NaN/inf, Preempted on
+  SIGTERM/SIGINT (after saving the current step).
+  """
+  session_start = time.time()
+  validate.validate_config(config)
+  mesh = parallel.data_mesh()
+  validate.check_devices(config, mesh.devices.size)
+  workdir = os.path.abspath(workdir)
+  _guard_workdir(config, workdir)
+
+  # Data errors (e.g. CIFAR-10 not prepared) surface here, before any compute
+  # and before the workdir is claimed by a config.json.
+  from mem_diffusion import data  # pylint: disable=g-import-not-at-top
+  train_set = data.build_train_set(config.data)
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir)
+  if jax.process_index() == 0:
+    data.write_manifest(train_set, os.path.join(workdir, "data",
+                                                "train_manifest.json"),
+                        config.data)
+
+  model, _, _, _, init_fn, train_step = build(config, mesh)
+  tcfg = config.training
+  num_steps = tcfg.num_steps
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.create_default_writer(
+      os.path.join(workdir, "tensorboard"),
+      just_logging=jax.process_index() > 0)
+
+  with checkpoint_lib.Checkpointer(ckpt_dir, keep=tcfg.keep_checkpoints) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state, meta = ckpt.restore(latest, abstract_state(init_fn, config, mesh))
+      logging.info("resumed from %s/%d", ckpt_dir, latest)
+    else:
+      state, meta = initial_state(init_fn, config, mesh), {}
+    start = int(parallel.fetch(state.step))
+    summary_path = os.path.join(workdir, "train_summary.json")
+    if start >= num_steps and os.path.exists(summary_path):
+      with open(summary_path) as f:
+        summary = json.load(f)
+      if summary.get("step") == start:
+        logging.info("training already complete at step %d", start)
+        writer.close()
+        return summary
+    prior_wall = float(meta.get("wall_seconds") or 0.0)
+    if start == 0 and tcfg.num_steps > 0:
+      writer.write_hparams({k: (str(v) if isinstance(v, (list, tuple)) else v)
+                            for k, v in validate.flatten(config).items()})
+
+    grid_fn = None
+    if tcfg.sample_grid_every:
+      grid_fn = _make_grid_fn(model, config, mesh)
+    dataset = data.make_dataset(
+        train_set, config.data, global_batch_size=tcfg.batch_size,
+        seed=config.seed, start_step=start, num_steps=max(num_steps - start, 0),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    window = metrics_lib.Window()
+    last_loss = meta.get("last_loss")
+    step = start
+    timing_start, timing_step = None, start  # excludes the first (compiling) step
+    last_log_time, last_log_step = time.time(), start
+
+    def meta_now():
+      return {"step": step, "last_loss": last_loss,
+              "wall_seconds": prior_wall + time.time() - session_start}
+
+    def flush_checked():
+      nonlocal last_loss
+      means, bad = window.flush()
+      if bad is not None:
+        good = ckpt.latest_step()
+        raise TrainingDivergedError(
+            f"non-finite loss or gradient at step {bad} (loss window mean "
+            f"{means.get('loss')}); stopped without saving. The last good "
+            f"checkpoint is step {good} in {ckpt_dir}"
+            if good is not None else
+            f"non-finite loss or gradient at step {bad}; no checkpoint saved")
+      if means:
+        last_loss = means["loss"]
+      return means
+
+    with _SignalCatcher() as signals:
+      for batch in dataset:
+        if step >= num_steps:
+          break
+        state, stats = train_step(state, parallel.to_global(batch, mesh))
+        step += 1
+        window.add(step, stats)
+        if timing_start is None:
+          jax.block_until_ready(stats)
+          timing_start, timing_step = time.time(), step
+
+        if step % tcfg.log_every == 0 or step == num_steps:
+          means = flush_checked()
+          now = time.time()
+          rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+          last_log_time, last_log_step = now, step
+          means.update(steps_per_second=rate,
+                       images_per_second=rate * tcfg.batch_size,
+                       eta_hours=(num_steps - step) / max(rate, 1e-9) / 3600)
+          writer.write_scalars(step, means)
+        save_now = step % tcfg.checkpoint_every == 0 or step == num_steps
+        stop = signals.signum is not None
+        if jax.process_count() > 1 and (save_now or step % 10 == 0):
+          stop = parallel.any_process(stop)
+        if save_now or stop:
+          flush_checked()
+          ckpt.save(step, state, meta_now())
+        if stop:
+          ckpt.wait()
+          writer.flush()
+          raise Preempted(step, signals.signum or signal.SIGTERM)
+        if grid_fn is not None and step % tcfg.sample_grid_every == 0:
+          flush_checked()
+          images = np.asarray(parallel.fetch(grid_fn(
+              state.ema_params,
+              jax.random.fold_in(jax.random.PRNGKey(config.seed), _GRID))))
+          if jax.process_index() == 0:
+            _write_grid(images, os.path.join(
+                workdir, "train_grids", f"step_{step:08d}.png"), writer, step)
+
+    ckpt.wait()
+    images_per_second = None
+    if timing_start is not None and step > timing_step:
+      images_per_second = ((step - timing_step) * tcfg.batch_size /
+                           (time.time() - timing_start))
+    summary = _summary(state, meta_now(), mesh,
+                       images_per_second=images_per_second, config=config)
+    summary["resumed_from_step"] = start
+    if jax.process_index() == 0:
+      metrics_lib.write_json(summary_path, summary)
+    logging.info("training done at step %d: params_sha256 %s",
+                 summary["step"], summary["params_sha256"])
+  writer.close()
+  return summary

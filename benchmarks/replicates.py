@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mem_diffusion import replicates
+from mem_diffusion import synthetic
 
 
 def brute_force_two(samples: np.ndarray, train: np.ndarray, chunk: int = 512):
@@ -59,7 +60,7 @@ def main() -> None:
   args = p.parse_args()
 
   n_each = args.samples // 8
-  data = replicates.synthetic_set(
+  data = synthetic.synthetic_set(
       args.seed, num_train=args.train - 40, num_train_dups=40, num_copies=2 * n_each,
       num_blend2=2 * n_each, num_blend3=n_each, num_novel=args.samples - 5 * n_each)
   samples, train = data["samples"], data["train"]

@@ -14,7 +14,6 @@ evaluation can never silently measure against a different set.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -28,24 +27,25 @@ from mem_diffusion import replicates
 from mem_diffusion import report as report_lib
 
 
-def images_sha256(images: np.ndarray) -> str:
-  return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
-
-
 def _check_manifest(train_set, workdir: str) -> None:
-  """Refuses to evaluate against a train set other than the one trained on."""
+  """Refuses to evaluate against a train set other than the one trained on.
+
+  Compares the (source, index, label) rows that training recorded with those
+  of the set rebuilt now; a changed data.* key or CIFAR split shows up here.
+  """
   path = os.path.join(workdir, "data", "train_manifest.json")
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = json.load(f)
-  digest = saved.get("images_sha256") if isinstance(saved, dict) else None
-  now = images_sha256(train_set.images)
-  if digest and digest != now:
+    saved = json.load(f).get("images")
+  now = train_set.manifest()["images"]
+  if saved is not None and saved != now:
+    first = next((i for i, (a, b) in enumerate(zip(saved, now)) if a != b),
+                 min(len(saved), len(now)))
     raise ValueError(
-        f"the train set rebuilt from the config differs from the one training "
-        f"used ({path}: images_sha256 {digest[:12]} vs {now[:12]}); was data.* "
-        "or the CIFAR-10 copy changed?")
+        f"the train set rebuilt from the config differs from the one training used "
+        f"({path}, {len(saved)} vs {len(now)} images, first difference at row {first}); "
+        "was a data.* key changed?")
 
 
 def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.ndarray, *,

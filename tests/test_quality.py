@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mem_diffusion import quality
-from mem_diffusion import replicates
+from mem_diffusion import synthetic
 
 
 def _blur(x):
@@ -21,7 +21,7 @@ def _noise(x, rng):
 @pytest.fixture(scope="module")
 def sets():
   rng = np.random.default_rng(44)
-  imgs = replicates._random_images(rng, 900, 16)  # pylint: disable=protected-access
+  imgs = synthetic._random_images(rng, 900, 16)  # pylint: disable=protected-access
   return imgs[:300], imgs[300:600], imgs[600:], rng  # train, heldout, clean samples
 
 

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from mem_diffusion import npz_io
+from mem_diffusion import blends
+from mem_diffusion import neighbors
 from mem_diffusion import replicates
+from mem_diffusion import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +82,7 @@ def test_certificate_failure_falls_back_to_exact(small_set):
   # m = k leaves no room between the k-th and m-th candidate: every row is
   # recomputed by the float64 fallback, which must give the same answer.
   idx, sq = replicates.nearest_k(samples, train, 4, chunk_size=16, num_candidates=4)
-  assert replicates.last_stats["fallback_rows"] > 0
+  assert neighbors.last_stats["fallback_rows"] > 0
   ref_i, ref_d = brute_knn(samples, train, 4)
   np.testing.assert_array_equal(idx, ref_i)
   np.testing.assert_array_equal(sq, ref_d)
@@ -133,7 +136,7 @@ def test_simplex_least_squares_matches_enumeration():
     grams.append(y @ y.T)
   grams = np.stack(grams)
   grams /= grams[:, :1, :1]
-  w, f = replicates.simplex_least_squares(grams)
+  w, f = blends.simplex_least_squares(grams)
   assert np.allclose(w.sum(1), 1) and (w >= 0).all()
   ref = np.array([_enumerate_simplex_ls(g) for g in grams])
   np.testing.assert_allclose(f, ref, rtol=1e-5, atol=1e-9)
@@ -150,7 +153,7 @@ def test_wilson_interval_hand_checked():
 
 @pytest.fixture(scope="module")
 def analyzed():
-  data = replicates.synthetic_set(11, num_train=300, num_copies=30, num_blend2=30, num_blend3=15,
+  data = synthetic.synthetic_set(11, num_train=300, num_copies=30, num_blend2=30, num_blend3=15,
                                   num_novel=30, num_train_dups=4, image_size=16, copy_noise=4.0,
                                   blend_weights=(0.3, 0.7))
   labels = (np.arange(data["samples"].shape[0]) % 2).astype(np.int64)
@@ -187,7 +190,7 @@ def test_analyze_known_answers(analyzed):
 
 def test_analyze_duplicated_copy_is_found():
   # A copy of an image that appears twice in train has d2 = 0 without dedupe.
-  data = replicates.synthetic_set(12, num_train=100, num_copies=0, num_blend2=0, num_novel=0,
+  data = synthetic.synthetic_set(12, num_train=100, num_copies=0, num_blend2=0, num_novel=0,
                                   image_size=16)
   train = np.concatenate([data["train"], data["train"][5:6]])
   samples = train[5:6].copy()
@@ -265,7 +268,7 @@ def test_cli_bad_inputs_one_line_each(tmp_path, capsys):
 
 
 def test_cli_round_trip_subprocess(tmp_path):
-  data = replicates.synthetic_set(13, num_train=120, num_copies=10, num_blend2=6, num_novel=8,
+  data = synthetic.synthetic_set(13, num_train=120, num_copies=10, num_blend2=6, num_novel=8,
                                   image_size=16)
   s, t = tmp_path / "S.npz", tmp_path / "T.npz"
   np.savez(s, data["samples"], np.zeros(data["samples"].shape[0], np.int64))
@@ -292,7 +295,7 @@ def test_cli_round_trip_subprocess(tmp_path):
 
 def test_cli_acceptance_on_unseen_synthetic_set(tmp_path):
   """Done-when of the issue, with a seed no other test uses (32x32 images)."""
-  data = replicates.synthetic_set(90517, num_train=1000, num_copies=200, num_blend2=200,
+  data = synthetic.synthetic_set(90517, num_train=1000, num_copies=200, num_blend2=200,
                                   num_novel=300, blend_weights=(0.2, 0.8))
   s, t, out, per = (tmp_path / n for n in ("S.npz", "T.npz", "r.json", "p.npz"))
   np.savez(s, data["samples"])

@@ -166,3 +166,9 @@ def test_nearest_two_is_exact():
                     - refs.reshape(1, 30, -1).astype(np.int64)) ** 2).sum(-1))
   np.testing.assert_array_equal(idx, np.argsort(brute, axis=1, kind="stable")[:, :2])
   np.testing.assert_allclose(dist, np.sort(brute, axis=1)[:, :2], rtol=0, atol=1e-9)
+
+
+def test_generated_train_sets_have_no_near_duplicates(gm_set):
+  assert checks.self_duplicate_ratio(gm_set)[0] == 0.0
+  geo = _gen("geometric", np.arange(1000))
+  assert checks.self_duplicate_ratio(geo)[0] == 0.0

@@ -1,7 +1,8 @@
 """Simple geometric elements: circle, grid, gradient or line on a plain ground.
 
 Each image draws one element type uniformly, then its layout (position, size,
-thickness, orientation) and two colours. Shapes are described in the unit
+thickness, orientation) and two colours (gradients: three, the middle one at a
+random stop). Shapes are described in the unit
 square by signed distance functions and drawn with a one-pixel linear ramp
 across the edge (coverage = clip(0.5 - distance_in_pixels, 0, 1)), so edges
 are smooth at every canvas size and geometry scales with the canvas.
@@ -89,7 +90,16 @@ def geometric_float(key: jax.Array, image_size: int) -> jax.Array:
   alphas = jnp.stack([f(k_shape, p, px) for f in (_circle, _grid, _gradient, _line)])
   alpha = alphas[kind][:, :, None]
   bg, fg = _colours(k_col)
-  return bg * (1.0 - alpha) + fg * alpha
+  two_tone = bg * (1.0 - alpha) + fg * alpha
+  # Gradients pass through a third colour at a random stop: a two-colour ramp
+  # is too smooth a family (a 4,000-image set had one 1/3-ratio near pair).
+  k_mid, k_stop = jax.random.split(jax.random.fold_in(k_col, 1))
+  mid = jax.random.uniform(k_mid, (3,))
+  stop = jax.random.uniform(k_stop, minval=0.3, maxval=0.7)
+  lo = jnp.clip(alpha / stop, 0.0, 1.0)
+  hi = jnp.clip((alpha - stop) / (1.0 - stop), 0.0, 1.0)
+  three_stop = jnp.where(alpha < stop, bg * (1 - lo) + mid * lo, mid * (1 - hi) + fg * hi)
+  return jnp.where(kind == KINDS.index("gradient"), three_stop, two_tone)
 
 
 @jax.jit

@@ -139,6 +139,7 @@ def load_classes(classes, data_dir: str = "") -> dict[int, tuple[np.ndarray, np.
   return out
 
 
+@generators.on_cpu
 def class_order(seed: int, cls: int, n: int) -> np.ndarray:
   """Seeded order of a class's images: the first k form the train set."""
   key = jax.random.fold_in(generators.stream_key(seed, generators.STREAM_CAR_SPLIT), cls)

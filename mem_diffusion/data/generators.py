@@ -34,6 +34,20 @@ GM_NOISE_STD = 0.5
 DEFAULT_GEN_BATCH = 256
 
 
+def on_cpu(fn):
+  """Runs `fn` with JAX's default device set to the host CPU.
+
+  Sets are generated on the CPU on every machine: a GPU's sin/exp/FFT round
+  differently, and a few pixels one step apart would make the "same" set
+  differ between the machine that trains and the one that evaluates.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
 def root_key(seed: int) -> jax.Array:
   """The data root key. threefry is named explicitly so that a global
   `jax_default_prng_impl` setting cannot silently change every data set."""
@@ -49,6 +63,7 @@ def to_uint8(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)
 
 
+@on_cpu
 def render_indexed(
     per_image: Callable[..., jax.Array],
     key: jax.Array,
@@ -125,6 +140,7 @@ def _gm_per_image(key, bases):
   return to_uint8(gm_float(key, bases))
 
 
+@on_cpu
 def gm_images(seed: int, indices, image_size: int, *,
               batch_size: int = DEFAULT_GEN_BATCH) -> np.ndarray:
   return render_indexed(_gm_per_image, stream_key(seed, STREAM_GM), indices,
@@ -167,6 +183,7 @@ def _hybrid_per_image(key, bases, mask, low_uint8):
   return to_uint8(hybrid_float(low, high, mask))
 
 
+@on_cpu
 def hybrid_images(seed: int, indices, low_sources: np.ndarray, cutoff: float, *,
                   batch_size: int = DEFAULT_GEN_BATCH) -> np.ndarray:
   """Hybrid i = low frequencies of `low_sources[k]` (uint8, aligned with
@@ -183,6 +200,7 @@ def hybrid_images(seed: int, indices, low_sources: np.ndarray, cutoff: float, *,
                         batch_size=batch_size)
 
 
+@on_cpu
 def hybrid_gm_sources(seed: int, indices, image_size: int, *,
                       batch_size: int = DEFAULT_GEN_BATCH) -> np.ndarray:
   """The GM images whose high frequencies hybrids `indices` use (uint8), for

@@ -110,6 +110,7 @@ def _kinds(stream, indices):
   return jax.vmap(one)(indices)
 
 
+@generators.on_cpu
 def geometric_kinds(seed: int, indices) -> list[str]:
   """Which element each image shows (for previews and audits)."""
   stream = generators.stream_key(seed, generators.STREAM_GEOMETRIC)
@@ -122,6 +123,7 @@ def _per_image(image_size: int):
   return lambda key: generators.to_uint8(geometric_float(key, image_size))
 
 
+@generators.on_cpu
 def geometric_images(seed: int, indices, image_size: int, *,
                      batch_size: int = generators.DEFAULT_GEN_BATCH) -> np.ndarray:
   return generators.render_indexed(

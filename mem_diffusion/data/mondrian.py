@@ -113,6 +113,7 @@ def _per_image(image_size: int):
   return lambda key: generators.to_uint8(mondrian_float(key, image_size))
 
 
+@generators.on_cpu
 def mondrian_images(seed: int, indices, image_size: int, *, heldout: bool = False,
                     batch_size: int = generators.DEFAULT_GEN_BATCH) -> np.ndarray:
   """Mondrian images of the train stream, or of a disjoint held-out stream

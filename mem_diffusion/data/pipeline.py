@@ -58,6 +58,7 @@ class _Stream:
     self._key, self._n, self._offset = key, n, offset
     self._cache: dict[int, np.ndarray] = {}
 
+  @generators.on_cpu
   def _perm(self, epoch: int) -> np.ndarray:
     if epoch not in self._cache:
       if len(self._cache) >= 4:
@@ -80,6 +81,7 @@ class _Stream:
 class BatchPlanner:
   """Global batch rows and flips of any step; see the module docstring."""
 
+  @generators.on_cpu
   def __init__(self, num_rows: int, num_original: int, data_cfg, *,
                global_batch_size: int, seed: int):
     if global_batch_size <= 0:
@@ -109,6 +111,7 @@ class BatchPlanner:
     else:
       self._all = _Stream(jax.random.fold_in(key, _TAG_UNIFORM), num_rows)
 
+  @generators.on_cpu
   def rows(self, step: int) -> np.ndarray:
     b = self.batch_size
     if not self.balanced:
@@ -118,6 +121,7 @@ class BatchPlanner:
                            self._dummy.take(step * n_d, n_d)])
     return rows[np.asarray(_permutation(self._mix_key, np.uint32(step), b))]
 
+  @generators.on_cpu
   def flips(self, step: int) -> np.ndarray:
     if not self.hflip:
       return np.zeros(self.batch_size, bool)

@@ -26,6 +26,8 @@ from mem_diffusion import npz_io
 from mem_diffusion import replicates
 from mem_diffusion import report as report_lib
 
+_MIN_HELDOUT = 4
+
 
 def _check_manifest(train_set, workdir: str) -> None:
   """Refuses to evaluate against a train set other than the one trained on.
@@ -48,7 +50,7 @@ def _check_manifest(train_set, workdir: str) -> None:
         "was a data.* key changed?")
 
 
-def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.ndarray, *,
+def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.ndarray | None, *,
                     eval_cfg: ml_collections.ConfigDict, out_dir: str,
                     sample_labels: np.ndarray | None = None,
                     train_labels: np.ndarray | None = None,
@@ -65,8 +67,15 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
                                                   return_counts=True))}
   from mem_diffusion import quality  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
-  report["quality"] = quality.quality_report(
-      samples, heldout, train_images, figure_path=os.path.join(out_dir, "distance_cdf.png"))
+  if heldout is None or heldout.shape[0] < _MIN_HELDOUT:
+    # E.g. 2k cars + 4k more cars uses all 6,000 CIFAR-10 cars: no real car is
+    # left that the model has not seen. Say so rather than compare with train.
+    report["quality"] = {"unavailable": "fewer than "
+                         f"{_MIN_HELDOUT} held-out real images of the original class exist "
+                         "for this train set"}
+  else:
+    report["quality"] = quality.quality_report(
+        samples, heldout, train_images, figure_path=os.path.join(out_dir, "distance_cdf.png"))
   report.update(extra or {})
   np.savez(os.path.join(out_dir, "per_sample.npz"),
            **{k: v for k, v in per_sample.items()})
@@ -90,9 +99,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   samples, labels = npz_io.load_npz(path)
   train_set = data.build_train_set(config.data)
   _check_manifest(train_set, workdir)
-  heldout = data.heldout_images(config.data, config.eval.num_heldout)
+  num_heldout = min(config.eval.num_heldout, data.heldout_available(config.data))
+  heldout = data.heldout_images(config.data, num_heldout) if num_heldout >= _MIN_HELDOUT else None
   logging.info("evaluating %d samples against %d training images (%d held-out reals)",
-               samples.shape[0], train_set.images.shape[0], heldout.shape[0])
+               samples.shape[0], train_set.images.shape[0], num_heldout)
   extra = {"config_name": config.name, "samples_path": path,
            "sampling_chain": sampling.chain_description(config.sampling),
            "dummy_kind": config.data.dummy_kind, "num_dummy": config.data.num_dummy,

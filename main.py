@@ -99,16 +99,16 @@ def main(argv):
     run(config, FLAGS.workdir, FLAGS.mode)
   except (validate.ConfigError, NotImplementedError) as e:
     _fail(str(e), 2)
-  except Exception as e:  # pylint: disable=broad-except
-    if not _is_data_error(e):
-      raise
-    _fail(str(e), 2)
   except train.TrainingDivergedError as e:
     _fail(str(e), 1)
   except train.Preempted as e:
     logging.warning("%s", e)
     print(f"preempted: {e}", file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_data_error(e):
+      raise
+    _fail(str(e), 2)
 
 
 def _parse_flags(argv):

@@ -291,7 +291,7 @@ def _make_grid_fn(model, config, mesh):
 def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
   from mem_diffusion import report  # pylint: disable=g-import-not-at-top
   grid = report.image_grid(images)
-  report.save_png(grid, path)
+  report.save_png(path, grid)
   writer.write_images(step, {"samples": grid[None]})
 
 

@@ -131,10 +131,15 @@ def test_nan_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monkeypat
   assert not os.path.exists(os.path.join(str(tmp_path), "train_summary.json"))
 
 
-def test_grad_accumulation_runs_and_matches_batch_statistics(tmp_path):
-  """Two micro-batches: finite, and the importance sampler / metrics see the
-  whole batch (the loss differs from accum=1 only through dropout keys)."""
+def test_grad_accumulation_and_sample_grid(tmp_path):
+  """Two micro-batches per step, and the periodic EMA sample grid."""
   config = th.micro_config(training__num_steps=4, training__grad_accum_steps=2,
-                           model__dropout=0.0)
+                           training__sample_grid_every=2, training__grid_num_samples=4,
+                           training__grid_respacing="5")
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 4 and np.isfinite(summary["final_loss"])
+  grids = sorted(os.listdir(tmp_path / "train_grids"))
+  assert grids == ["step_00000002.png", "step_00000004.png"]
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = np.asarray(Image.open(tmp_path / "train_grids" / grids[-1]))
+  assert grid.shape[0] >= 16 and grid.shape[1] >= 16 and grid.std() > 0

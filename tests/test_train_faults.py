@@ -18,9 +18,9 @@ import pytest
 from mem_diffusion import checkpoint, train
 import train_helpers as th
 
-NUM_STEPS = 160
-CHANGES = dict(training__num_steps=NUM_STEPS, training__log_every=2,
-               training__checkpoint_every=8)
+NUM_STEPS = 48
+CHANGES = dict(training__num_steps=NUM_STEPS, training__log_every=1,
+               training__checkpoint_every=4)
 _LOG_STEP = re.compile(rb"\[(\d+)\] eta_hours=")
 
 
@@ -44,25 +44,25 @@ def _wait_for_training(proc, log_path, timeout=300.0, after_step=0):
 @pytest.mark.slow
 def test_sigkill_then_sigterm_then_resume_matches_uninterrupted(tmp_path):
   workdir = str(tmp_path / "run")
-  log = str(tmp_path / "main.log")
+  logs = [str(tmp_path / f"main{i}.log") for i in range(3)]
   env = th.subprocess_env(4, cache_dir=str(tmp_path / "jax_cache"))
   args = th.override_flags(**CHANGES) + [f"--workdir={workdir}", "--mode=train"]
 
   # 1. SIGKILL at a random moment once training runs (maybe mid-save).
-  proc = th.start_main(args, env, log)
-  _wait_for_training(proc, log)
-  time.sleep(random.Random().uniform(0.0, 1.5))
+  proc = th.start_main(args, env, logs[0])
+  _wait_for_training(proc, logs[0])
+  time.sleep(random.Random().uniform(0.0, 1.0))
   proc.send_signal(signal.SIGKILL)
   assert proc.wait(60) == -signal.SIGKILL
 
   # 2. Restart; SIGTERM after it has trained past its resume point.
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=100) as c:
     resumed_at = c.latest_step() or 0
-  proc = th.start_main(args, env, log)
-  _wait_for_training(proc, log, after_step=resumed_at)
+  proc = th.start_main(args, env, logs[1])
+  _wait_for_training(proc, logs[1], after_step=resumed_at)
   proc.send_signal(signal.SIGTERM)
   rc = proc.wait(120)
-  with open(log, "rb") as f:
+  with open(logs[1], "rb") as f:
     tail = f.read().decode(errors="replace")[-3000:]
   assert rc == 128 + signal.SIGTERM, tail
   assert "preempted: stopped by signal 15 at step" in tail
@@ -72,8 +72,8 @@ def test_sigkill_then_sigterm_then_resume_matches_uninterrupted(tmp_path):
     assert c.latest_step() == saved
 
   # 3. Resume to the end.
-  proc = th.start_main(args, env, log)
-  assert proc.wait(300) == 0
+  proc = th.start_main(args, env, logs[2])
+  assert proc.wait(300) == 0, open(logs[2], errors="replace").read()[-3000:]
   with open(os.path.join(workdir, "train_summary.json")) as f:
     summary = json.load(f)
   assert summary["step"] == NUM_STEPS and summary["resumed_from_step"] == saved

@@ -19,6 +19,7 @@ the unbiased choice, and both agree on which samples are replicates.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -88,7 +89,22 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
 
 
 def make_chunk_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """jitted (ema_params, key) -> uint8 (chunk, H, W, 3), sharded over 'data'."""
+  """jitted (ema_params, key) -> uint8 (chunk, H, W, 3), sharded over 'data'.
+
+  Cached per (what the chain depends on, mesh), so a resumed or repeated
+  sampling run in the same process (a sweep, the tests) compiles once.
+  """
+  relevant = {"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
+              "sampling": config.sampling.to_dict(), "image_size": config.data.image_size}
+  return _cached_chunk_sampler(json.dumps(relevant, sort_keys=True, default=list), mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_chunk_sampler(relevant_json: str, mesh: jax.sharding.Mesh):
+  relevant = json.loads(relevant_json)
+  config = ml_collections.ConfigDict({
+      "model": relevant["model"], "diffusion": relevant["diffusion"],
+      "sampling": relevant["sampling"], "data": {"image_size": relevant["image_size"]}})
   scfg = config.sampling
   model = unet_from_config(config.model, config.data.image_size)
   diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma,

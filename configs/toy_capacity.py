@@ -8,8 +8,10 @@ else so that a run takes about a minute on a 2-core laptop CPU:
 - A two-level UNet (32 and 64 channels, one res block per level, attention
   only at 4x4, no dropout), the IDDPM architecture otherwise unchanged
   (hybrid loss, learned sigma, scale-shift norm), ~0.7M parameters.
-- 100 cosine diffusion steps, sampled with the full 100-step ancestral chain
-  (no respacing, so no short-chain artefact can pass for a copy or hide one).
+- 100 cosine diffusion steps; samples from a 50-step respaced ancestral chain
+  (half the cost; a sample can only pass the d1/d2 < 1/3 test by being close
+  to one training image, which a short chain cannot fake). The quickstart
+  measured 0.98 replicates with the full chain at N = 16.
 - Adam at lr 1e-3 (10x IDDPM's: a short run needs fast fitting; at 1e-4 a
   toy run ends before anything is memorized) and batch 16.
 - EMA decay 0.99 (averaging horizon ~100 steps). IDDPM's 0.9999 averages over
@@ -59,7 +61,7 @@ def apply_toy(config: ml_collections.ConfigDict, *, steps: int = TOY_STEPS,
   s = config.sampling
   s.num_samples = 32 if tiny else TOY_SAMPLES
   s.batch_size = 32 if tiny else 64
-  s.respacing = ""
+  s.respacing = "50"
   config.eval.num_heldout = 256
   return config
 

@@ -58,7 +58,9 @@ PRESETS = {
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", None, "Config files, each optionally with ':arg'.")
+flags.DEFINE_multi_string("configs", None, "Config files, each optionally with ':arg', "
+                          "comma-separated (commas inside an ':arg' are kept: a new "
+                          "config starts at each item naming a .py file); repeatable.")
 flags.DEFINE_enum("preset", None, sorted(PRESETS), "A named list of configs (instead of --configs).")
 flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) to run for every config.")
 flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
@@ -72,6 +74,25 @@ COLUMNS = ("name", "config", "seed", "dataset", "dummy_kind", "num_dummy", "num_
            "d1_median_ratio", "frac_below_heldout_p05", "frechet", "frechet_heldout_split",
            "kid", "kid_heldout_split", "run_seconds", "workdir")
 QUALITY_KEYS = ("d1_median_ratio", "frac_below_heldout_p05", "frechet", "kid")
+
+
+def split_specs(values: Sequence[str]) -> list[str]:
+  """['a.py,b.py:1000,tiny', 'c.py'] -> ['a.py', 'b.py:1000,tiny', 'c.py'].
+
+  Config arguments contain commas themselves, so an item starts a new spec
+  only when it names a .py file.
+  """
+  specs: list[str] = []
+  for value in values:
+    for item in value.split(","):
+      item = item.strip()
+      if not item:
+        continue
+      if ".py" in item.split(":", 1)[0] or not specs:
+        specs.append(item)
+      else:
+        specs[-1] += "," + item
+  return specs
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -385,7 +406,7 @@ def main(argv):
   if bool(FLAGS.configs) == bool(FLAGS.preset) or not FLAGS.root:
     print("error: --root and exactly one of --configs / --preset are required", file=sys.stderr)
     sys.exit(2)
-  specs = list(PRESETS[FLAGS.preset]) if FLAGS.preset else FLAGS.configs
+  specs = list(PRESETS[FLAGS.preset]) if FLAGS.preset else split_specs(FLAGS.configs)
   try:
     seeds = [int(s) for s in FLAGS.seeds]
     sweep(specs, seeds, FLAGS.root, FLAGS.set, compile_cache=FLAGS.compile_cache)

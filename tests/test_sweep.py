@@ -133,3 +133,8 @@ def test_presets_parse():
   for spec in sweep.PRESETS["toy"]:
     config = sweep.load_config(spec)
     assert config.data.image_size == 8 and config.training.ema_decay < 0.9999
+
+
+def test_split_specs_keeps_config_arguments():
+  assert sweep.split_specs(["configs/a.py,configs/b.py:1000,tiny", "configs/c.py:kind=gm,m=4"]) == [
+      "configs/a.py", "configs/b.py:1000,tiny", "configs/c.py:kind=gm,m=4"]

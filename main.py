@@ -91,14 +91,18 @@ def main(argv):
     _fail("--config and --workdir are required", 2)
   # Imported here, after flag parsing: JAX must not start before the
   # distributed runtime is initialised.
-  from mem_diffusion import parallel, train, validate  # pylint: disable=g-import-not-at-top
+  from mem_diffusion import checkpoint, parallel, train, validate, workdir_lock  # pylint: disable=g-import-not-at-top,g-multiple-import
   try:
     validate.validate_config(config)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, auto=FLAGS.multihost)
-    run(config, FLAGS.workdir, FLAGS.mode)
-  except (validate.ConfigError, NotImplementedError) as e:
+    # One run per workdir (process 0 of a multi-process run stands for all).
+    with workdir_lock.hold_for_run(FLAGS.workdir):
+      run(config, FLAGS.workdir, FLAGS.mode)
+  except (validate.ConfigError, NotImplementedError, workdir_lock.WorkdirLocked) as e:
     _fail(str(e), 2)
+  except checkpoint.CheckpointCorruptError as e:
+    _fail(str(e), 1)
   except train.TrainingDivergedError as e:
     _fail(str(e), 1)
   except train.Preempted as e:

@@ -10,17 +10,77 @@ Saves are asynchronous. The manager must be closed (it is a context manager)
 or waited on before the process exits, otherwise the last save is lost and
 only a `*.orbax-checkpoint-tmp` folder remains; such unfinished folders are
 invisible to `latest_step()`, which is what makes resume-after-SIGKILL safe.
+
+A finished checkpoint can still be damaged later (a disk error, a truncated
+copy, a full disk during a manual rsync). Orbax notices broken metadata and
+most broken data files, but not every flipped byte: a bit flip inside an
+uncompressed array chunk restores without error to different numbers. So
+every save also records a checksum of the state in 'meta', every restore
+compares it, and `restore_latest` falls back to the newest intact step,
+moving the broken ones aside (never deleting them) and never silently
+starting over from step 0.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from typing import Any
 
+from absl import logging
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 _ITEMS = ("state", "meta")
+CHECKSUM_KEY = "state_checksum"
+_CORRUPT = re.compile(r"^(\d+)\.corrupt-(\d+)$")
+
+
+class CheckpointCorruptError(RuntimeError):
+  """A checkpoint cannot be restored intact; resuming from it would lie."""
+
+
+@jax.jit
+def _leaf_sums(leaves):
+  """One uint32 per leaf: sum_i bits_i * (2i + 1) mod 2^32.
+
+  Integer arithmetic is exact and order-free, so the value does not depend
+  on the device count or the reduction order; the odd weights make any
+  single changed word (a bit flip, a zeroed block's first word) change the
+  sum, and a swapped pair of words too.
+  """
+  out = []
+  for x in leaves:
+    x = jnp.ravel(x)
+    if x.dtype == jnp.bool_:
+      bits = x.astype(jnp.uint32)
+    else:
+      width = x.dtype.itemsize * 8
+      bits = jax.lax.bitcast_convert_type(
+          x, {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[width]
+      ).astype(jnp.uint32)
+    weights = jnp.arange(x.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    out.append(jnp.sum(bits * weights, dtype=jnp.uint32))
+  return jnp.stack(out) if out else jnp.zeros((0,), jnp.uint32)
+
+
+def state_checksum(tree: Any) -> str:
+  """A checksum of a pytree's values, dtypes, shapes and structure (hex).
+
+  Computed on the device (a few integer ops per element), so only a vector
+  of one word per leaf travels to the host, even for a 52M-parameter state.
+  """
+  from mem_diffusion import parallel  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(tree)
+  sums = np.asarray(parallel.fetch(_leaf_sums(leaves)), np.uint32)
+  h = hashlib.sha256(str(treedef).encode())
+  for x in leaves:
+    h.update(f"{jnp.dtype(x.dtype).name}{tuple(x.shape)};".encode())
+  h.update(sums.astype("<u4").tobytes())
+  return h.hexdigest()
 
 
 class Checkpointer:
@@ -57,7 +117,11 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
-    """Starts an async save of `state` at `step` (on every process)."""
+    """Starts an async save of `state` at `step` (on every process).
+
+    `meta` gets the state's checksum, which `restore` verifies.
+    """
+    meta = dict(meta, **{CHECKSUM_KEY: state_checksum(state)})
     return self._manager.save(
         step,
         args=ocp.args.Composite(
@@ -79,7 +143,87 @@ class Checkpointer:
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             meta=ocp.args.JsonRestore()))
-    return restored.state, dict(restored.meta or {})
+    state, meta = restored.state, dict(restored.meta or {})
+    saved = meta.pop(CHECKSUM_KEY, None)
+    if saved is not None and state_checksum(state) != saved:
+      raise CheckpointCorruptError(
+          f"checkpoint {step} in {self.directory} restored to values whose "
+          "checksum differs from the one recorded when it was saved")
+    return state, meta
+
+  def restore_latest(self, abstract_state: Any
+                     ) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, meta) of the newest checkpoint that restores intact.
+
+    Broken checkpoints newer than it are moved aside to
+    `<step>.corrupt-<n>` (kept for inspection) with a warning naming them,
+    so that the run redoes those steps instead of colliding with them.
+    Returns None only when the directory holds no checkpoint at all.
+
+    Raises:
+      CheckpointCorruptError: when checkpoints exist but none restores, or
+        when only moved-aside ones remain: starting over from step 0 then
+        would silently throw away a run, so a person must decide. Nothing is
+        moved in that case (a cause that breaks every restore, e.g. too
+        little memory, must not cost the checkpoints).
+    """
+    from mem_diffusion import parallel  # pylint: disable=g-import-not-at-top
+    steps = sorted(self.all_steps(), reverse=True)
+    broken: list[tuple[int, str]] = []
+    for step in steps:
+      error = None
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        error = f"{type(e).__name__}: {_first_line(e)}"
+      # Every process must agree, or they would resume from different steps.
+      if parallel.any_process(error is not None):
+        error = error or "unreadable on another process"
+        logging.warning("checkpoint %d in %s is unreadable (%s); trying an "
+                        "older one", step, self.directory, error)
+        broken.append((step, error))
+        continue
+      for bad, why in broken:
+        moved = self._move_aside(bad)
+        logging.warning("resuming from step %d: checkpoint %d was broken (%s) "
+                        "and is moved aside to %s", step, bad, why, moved)
+      if broken:
+        parallel.sync("checkpoint_moved_aside")
+        self._manager.reload()
+      return step, state, meta
+    aside = self.corrupt_folders()
+    if broken:
+      listing = "; ".join(f"step {s}: {why}" for s, why in broken)
+      raise CheckpointCorruptError(
+          f"none of the {len(broken)} checkpoints in {self.directory} can be "
+          f"restored ({listing}); refusing to start over from step 0. Repair or "
+          "remove them (or use a new --workdir) to train from scratch")
+    if aside:
+      raise CheckpointCorruptError(
+          f"{self.directory} holds only checkpoints moved aside as broken "
+          f"({', '.join(aside)}); refusing to start over from step 0. Remove "
+          "them (or use a new --workdir) to train from scratch")
+    return None
+
+  def corrupt_folders(self) -> list[str]:
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(n for n in os.listdir(self.directory) if _CORRUPT.match(n))
+
+  def _move_aside(self, step: int) -> str:
+    """Renames `<step>` to the first free `<step>.corrupt-<n>` (process 0)."""
+    n = 1
+    while os.path.exists(os.path.join(self.directory, f"{step}.corrupt-{n}")):
+      n += 1
+    target = os.path.join(self.directory, f"{step}.corrupt-{n}")
+    if jax.process_index() == 0:
+      os.rename(os.path.join(self.directory, str(step)), target)
+    return target
+
+
+def _first_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return lines[0][:300] if lines else ""
 
 
 def abstract_like(shapes: Any, sharding: jax.sharding.Sharding) -> Any:

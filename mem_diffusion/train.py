@@ -336,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   Returns the train summary (also written to <workdir>/train_summary.json).
   Raises validate.ConfigError for an unrunnable config or a config that does
   not match the workdir, TrainingDivergedError on NaN/inf, Preempted on
-  SIGTERM/SIGINT (after saving the current step).
+  SIGTERM/SIGINT (after saving the current step), and
+  checkpoint.CheckpointCorruptError when checkpoints exist but none restores.
   """
   session_start = time.time()
   validate.validate_config(config)
@@ -366,9 +367,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       just_logging=jax.process_index() > 0)
 
   with checkpoint_lib.Checkpointer(ckpt_dir, keep=tcfg.keep_checkpoints) as ckpt:
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state, meta = ckpt.restore(latest, abstract_state(init_fn, config, mesh))
+    # The newest intact checkpoint; broken newer ones are moved aside with a
+    # warning, and a directory of only broken ones stops the run.
+    restored = ckpt.restore_latest(abstract_state(init_fn, config, mesh))
+    if restored is not None:
+      latest, state, meta = restored
       logging.info("resumed from %s/%d", ckpt_dir, latest)
     else:
       state, meta = initial_state(init_fn, config, mesh), {}

@@ -1,0 +1,107 @@
+"""One run per workdir: an exclusive flock on `<workdir>/.lock`.
+
+Two processes writing checkpoints, chunks or reports into the same workdir
+would interleave their files and silently mix two runs. The lock is a
+kernel `flock` on an open file, not the file's existence, so it is released
+whenever the holding process ends, however it ends (SIGKILL, OOM killer, a
+lost node): a dead run never leaves a stale lock to clean up by hand. The
+file itself stays; it only records who held the lock last, for the message.
+
+Only one process of a multi-process run takes the lock (process 0, chosen by
+the caller); the others share its workdir by design.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import time
+from typing import Iterator
+
+from absl import logging
+
+LOCK_NAME = ".lock"
+
+
+class WorkdirLocked(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+def _holder(path: str) -> str:
+  try:
+    with open(path) as f:
+      text = f.read().strip()
+  except OSError:
+    return ""
+  return f" ({text})" if text else ""
+
+
+@contextlib.contextmanager
+def hold(workdir: str, *, enabled: bool = True) -> Iterator[None]:
+  """Holds `<workdir>/.lock` exclusively for the duration of the block.
+
+  Raises:
+    WorkdirLocked: at once (no waiting) when another process holds it.
+  """
+  if not enabled:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+  try:
+    locked = True
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirLocked(
+          f"workdir {os.path.abspath(workdir)} is in use by another run"
+          f"{_holder(path)}; wait for it to finish, stop it, or use another "
+          "--workdir") from None
+    except OSError as e:
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        raise
+      # Some network/FUSE file systems (e.g. gcsfuse) have no locks at all:
+      # running unprotected beats refusing to run.
+      logging.warning("cannot lock %s (%s): concurrent runs in this workdir "
+                      "will not be detected", path, e.strerror)
+      locked = False
+    if locked:
+      os.ftruncate(fd, 0)
+      os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+    yield
+  finally:
+    os.close(fd)  # closing the last descriptor releases the flock
+
+
+@contextlib.contextmanager
+def hold_for_run(workdir: str) -> Iterator[None]:
+  """`hold` taken by process 0; every process of the run raises if it fails.
+
+  Agreeing across processes matters: if only process 0 stopped, the others
+  would wait for it forever in their first collective.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from mem_diffusion import parallel  # pylint: disable=g-import-not-at-top
+  if not jax.distributed.is_initialized():
+    # One process: lock without starting the backend, so that a refused run
+    # ends before JAX's start-up logging (the error stays one line).
+    with hold(workdir):
+      yield
+    return
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(hold(workdir))
+      except WorkdirLocked as e:
+        error = e
+    if parallel.any_process(error is not None):
+      raise error or WorkdirLocked(
+          f"workdir {os.path.abspath(workdir)} is in use by another run "
+          "(process 0 could not lock it)")
+    yield

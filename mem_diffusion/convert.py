@@ -100,10 +100,20 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray], model: UNet) 
   unexpected = sorted(set(state_dict) - set(expected))
   params: Params = {}
   wrong_shape = []
+  bad_values = []
   for name, (path, shape) in expected.items():
     if name not in state_dict:
       continue
-    array = _to_flax_layout(np.asarray(state_dict[name], dtype=np.float32), path[-1])
+    raw = np.asarray(state_dict[name])
+    # Integer or string "weights" mean a wrong file, not a model to cast;
+    # NaN/inf weights would only show up as NaN samples hours later.
+    if raw.dtype.kind != "f" and raw.dtype.name != "bfloat16":
+      bad_values.append(f"{name}: dtype {raw.dtype}, expected floating point")
+      continue
+    if not np.all(np.isfinite(raw.astype(np.float32))):
+      bad_values.append(f"{name}: non-finite values (NaN or inf)")
+      continue
+    array = _to_flax_layout(raw.astype(np.float32), path[-1])
     if array.shape != tuple(shape):
       wrong_shape.append(f"{name}: {np.shape(state_dict[name])} gives {array.shape}, "
                          f"model needs {tuple(shape)}")
@@ -112,10 +122,11 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray], model: UNet) 
     for key in path[:-1]:
       node = node.setdefault(key, {})
     node[path[-1]] = array
-  if missing or unexpected or wrong_shape:
+  if missing or unexpected or wrong_shape or bad_values:
     lines = ["state_dict does not fit the model:"]
     for title, items, sep in (("missing", missing, ", "), ("unexpected", unexpected, ", "),
-                              ("wrong shape", wrong_shape, "; ")):
+                              ("wrong shape", wrong_shape, "; "),
+                              ("bad values", bad_values, "; ")):
       if items:
         more = f"{sep}... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
         lines.append(f"  {title} ({len(items)}): {sep.join(items[:_MAX_LISTED])}{more}")
@@ -199,8 +210,8 @@ def _read_npz(path: str) -> Tuple[Dict[str, np.ndarray], Optional[Dict[str, Any]
   files keep the model's kwargs under model_config_json."""
   try:
     data = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, zipfile.BadZipFile) as e:
-    raise ValueError(f"not a readable .npz file ({e})") from None
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
   with data:
     state = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
     cfg_key = next((k for k in ("model_config_json", "config_json") if k in data.files), None)

@@ -204,7 +204,7 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
   if lead:
     images = np.concatenate([
-        np.load(os.path.join(chunk_dir, f"chunk_{c:05d}.npz"))["images"]
+        np.load(os.path.join(chunk_dir, f"chunk_{c:05d}.npz"), allow_pickle=False)["images"]
         for c in range(num_chunks)])[:n]
     labels = np.full((n,), scfg.label if config.model.num_classes else 0, np.int64)
     _atomic_savez(out_path, arr_0=images, arr_1=labels)

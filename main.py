@@ -91,7 +91,7 @@ def main(argv):
     _fail("--config and --workdir are required", 2)
   # Imported here, after flag parsing: JAX must not start before the
   # distributed runtime is initialised.
-  from mem_diffusion import checkpoint, parallel, train, validate, workdir_lock  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion import checkpoint, npz_io, parallel, train, validate, workdir_lock  # pylint: disable=g-import-not-at-top,g-multiple-import
   try:
     validate.validate_config(config)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -103,6 +103,8 @@ def main(argv):
     _fail(str(e), 2)
   except checkpoint.CheckpointCorruptError as e:
     _fail(str(e), 1)
+  except (FileNotFoundError, npz_io.InputError) as e:  # e.g. sample before train
+    _fail(str(e), 2)
   except train.TrainingDivergedError as e:
     _fail(str(e), 1)
   except train.Preempted as e:

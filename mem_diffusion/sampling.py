@@ -84,7 +84,15 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
     step = ckpt.latest_step()
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}: train first")
-    state, _ = ckpt.restore(step, train.abstract_state(init_fn, config, mesh))
+    try:
+      state, _ = ckpt.restore(step, train.abstract_state(init_fn, config, mesh))
+    except Exception as e:  # pylint: disable=broad-except
+      # Sampling an older checkpoint instead would silently report on a
+      # less-trained model; training knows how to fall back and redo steps.
+      raise checkpoint_lib.CheckpointCorruptError(
+          f"checkpoint {step} in {ckpt_dir} cannot be restored ({type(e).__name__}: "
+          f"{str(e).splitlines()[0] if str(e) else ''}); run --mode=train first: it "
+          "moves a broken checkpoint aside and redoes its steps") from None
   return state.ema_params, {"source": ckpt_dir, "step": int(step)}
 
 

@@ -14,9 +14,10 @@ from mem_diffusion import sweep
 from mem_diffusion import train
 
 # 8x8 toy model, a 20-step chain and 8 training steps: seconds per run.
-MICRO = ("training.num_steps=8", "diffusion.steps=20", "sampling.num_samples=16",
-         "sampling.batch_size=16", "eval.num_heldout=16", "eval.blend_k=0")
-SPECS = ("configs/toy_capacity.py:8,tiny", "configs/toy_capacity.py:12,tiny",
+MICRO = ("training.num_steps=8", "diffusion.steps=20", "sampling.respacing=10",
+         "sampling.num_samples=16",
+         "sampling.batch_size=16", "eval.num_heldout=16", "eval.blend_k=2")
+SPECS = ("configs/toy_capacity.py:8,tiny",
          "configs/toy_dummies.py:kind=gm,m=8,n=8,sampling=balanced,tiny")
 
 
@@ -29,18 +30,18 @@ def swept(tmp_path_factory):
 
 def test_summary_files(swept):
   root, rows = swept
-  assert [r["name"] for r in rows] == ["toy_capacity_8", "toy_capacity_12", "toy_gm_8_balanced_n8"]
+  assert [r["name"] for r in rows] == ["toy_capacity_8", "toy_gm_8_balanced_n8"]
   with open(os.path.join(root, "summary.csv")) as f:
     reader = csv.DictReader(f)
     assert tuple(reader.fieldnames) == sweep.COLUMNS
     table = list(reader)
-  assert len(table) == 3
+  assert len(table) == 2
   for r in table:
     assert 0.0 <= float(r["replicate_ratio"]) <= 1.0
     assert int(r["train_step"]) == 8 and int(r["num_samples"]) == 16
     assert float(r["d1_median_ratio"]) > 0  # the quality figure is next to the ratio
     assert os.path.exists(os.path.join(r["workdir"], "eval", "nearest_neighbors.png"))
-  gm = table[2]
+  gm = table[1]
   assert (gm["dummy_kind"], gm["num_dummy"], gm["sampling"], gm["conditional"]) == (
       "gm", "8", "balanced", "True")
   assert table[0]["dummy_kind"] == "none" and table[0]["num_dummy"] == "0"
@@ -49,16 +50,24 @@ def test_summary_files(swept):
   assert [e["name"] for e in agg] == [r["name"] for r in rows]
   with open(os.path.join(root, "summary.md")) as f:
     md = f.read()
-  assert md.count("\n| toy_") == 3
+  assert md.count("\n| toy_") == 2
 
 
-def test_figures_written(swept):
-  root, _ = swept
-  for name in ("capacity.png", "dummies.png"):
-    path = os.path.join(root, name)
-    assert os.path.getsize(path) > 5000, name
-    with open(path, "rb") as f:
-      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+def _assert_png(path):
+  assert os.path.getsize(path) > 5000, path
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_written(swept, tmp_path):
+  root, rows = swept
+  _assert_png(os.path.join(root, "dummies.png"))  # baseline at x = 0, then 8 GM
+  assert not os.path.exists(os.path.join(root, "capacity.png"))  # one size only
+  # A second train-set size (same numbers, another name) gives the capacity curve.
+  bigger = dict(rows[0], name="toy_capacity_16", num_original=16)
+  assert sorted(sweep.write_outputs(rows + [bigger], str(tmp_path))) == [
+      str(tmp_path / "capacity.png"), str(tmp_path / "dummies.png")]
+  _assert_png(str(tmp_path / "capacity.png"))
 
 
 def test_rerun_skips_finished_runs(swept, monkeypatch):

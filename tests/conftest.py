@@ -1,10 +1,18 @@
-"""Test-wide setup: several fake CPU devices, so sharding code runs as on a pod.
+"""Test-wide setup, fixed before JAX initialises its backend.
 
-The device count must be fixed before JAX initialises its backend, which is why
-it is set here, at import time of the first conftest.
+- Several fake CPU devices, so sharding code runs as on a pod.
+- One persistent compilation cache for the whole session, inherited by the
+  subprocess tests (main.py runs, the 2-process run): most of the suite's
+  time is XLA compiling the same tiny train step and sampler again in other
+  processes, and the cache turns those into loads. It lives in a fresh
+  temporary folder per session, so no state survives between runs.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mem_diffusion_jax_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"

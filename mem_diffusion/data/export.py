@@ -32,16 +32,26 @@ import numpy as np
 from mem_diffusion import report
 from mem_diffusion.data import generators, mondrian, train_set as train_set_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_OUT = flags.DEFINE_string("out", None, "Output .npz (the manifest goes next to it as .json).")
-_PREVIEW = flags.DEFINE_string("preview", None, "Directory for one PNG grid per source.")
-_PREFIX = flags.DEFINE_string("preview_prefix", "", "File name prefix of the grids.")
-_COUNT = flags.DEFINE_integer("preview_count", 64, "Images per grid.")
-_SCALE = flags.DEFINE_integer("preview_scale", 2, "Nearest-neighbour upscaling of grids.")
-_ILLUSTRATE = flags.DEFINE_bool(
-    "hybrid_illustration", False,
-    "Also write a (Mondrian | GM | hybrid) triplet grid that shows the Fourier "
-    "mixing without CIFAR (an illustration, not a training set).")
+_FLAGS = {}
+
+
+def _define_flags() -> None:
+  """Defines the CLI flags; only when run as a script, so that importing this
+  module next to main.py (which also defines --config) cannot collide."""
+  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+  _FLAGS["out"] = flags.DEFINE_string(
+      "out", None, "Output .npz (the manifest goes next to it as .json).")
+  _FLAGS["preview"] = flags.DEFINE_string(
+      "preview", None, "Directory for one PNG grid per source.")
+  _FLAGS["prefix"] = flags.DEFINE_string("preview_prefix", "", "File name prefix of the grids.")
+  _FLAGS["count"] = flags.DEFINE_integer("preview_count", 64, "Images per grid.")
+  _FLAGS["scale"] = flags.DEFINE_integer(
+      "preview_scale", 2, "Nearest-neighbour upscaling of grids.")
+  _FLAGS["illustrate"] = flags.DEFINE_bool(
+      "hybrid_illustration", False,
+      "Also write a (Mondrian | GM | hybrid) triplet grid that shows the Fourier "
+      "mixing without CIFAR (an illustration, not a training set).")
+
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -107,27 +117,28 @@ def write_hybrid_illustration(data_cfg, directory: str, *, prefix: str = "",
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  config = _FLAGS["config"].value
   if config is None:
     raise app.UsageError("--config is required")
-  if not (_OUT.value or _PREVIEW.value):
+  if not (_FLAGS["out"].value or _FLAGS["preview"].value):
     raise app.UsageError("give --out FILE.npz and/or --preview DIR")
   data_cfg = config.data
-  if _OUT.value:
-    ts = export(data_cfg, _OUT.value)
+  if _FLAGS["out"].value:
+    ts = export(data_cfg, _FLAGS["out"].value)
   else:
     ts = train_set_lib.build_train_set(data_cfg)
-  written = [_OUT.value, manifest_path(_OUT.value)] if _OUT.value else []
-  if _PREVIEW.value:
-    written += write_previews(ts, _PREVIEW.value, prefix=_PREFIX.value,
-                              count=_COUNT.value, scale=_SCALE.value)
-    if _ILLUSTRATE.value:
-      written.append(write_hybrid_illustration(data_cfg, _PREVIEW.value,
-                                               prefix=_PREFIX.value, scale=_SCALE.value))
+  written = [_FLAGS["out"].value, manifest_path(_FLAGS["out"].value)] if _FLAGS["out"].value else []
+  if _FLAGS["preview"].value:
+    written += write_previews(ts, _FLAGS["preview"].value, prefix=_FLAGS["prefix"].value,
+                              count=_FLAGS["count"].value, scale=_FLAGS["scale"].value)
+    if _FLAGS["illustrate"].value:
+      written.append(write_hybrid_illustration(data_cfg, _FLAGS["preview"].value,
+                                               prefix=_FLAGS["prefix"].value, scale=_FLAGS["scale"].value))
   counts = {s: int(n) for s, n in zip(*np.unique(ts.sources, return_counts=True))}
   print(json.dumps({"num_images": len(ts), "num_classes": ts.num_classes,
                     "sources": counts, "written": written}))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

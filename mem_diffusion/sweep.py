@@ -264,11 +264,16 @@ def _figure(series: dict[str, list[dict[str, Any]]], x_field: str, path: str, *,
   from mem_diffusion import report  # pylint: disable=g-import-not-at-top
   plt = report._pyplot()  # pylint: disable=protected-access
   fig, (ax, axq) = plt.subplots(1, 2, figsize=(10, 3.6))
+  ticks: dict[float, str] = {}
   for label, es in sorted(series.items()):
-    # A log axis cannot show x = 0: the baseline sits at half the first x.
+    # A log axis cannot show x = 0: the baseline sits at half the smallest
+    # nonzero x of the figure, and its tick says 0.
     xs = [e[x_field] for e in es]
     if log_x and xs and xs[0] == 0:
-      xs[0] = (xs[1] / 2) if len(xs) > 1 else 1
+      nonzero = [e[x_field] for s_ in series.values() for e in s_ if e[x_field] > 0]
+      xs[0] = min(nonzero) / 2 if nonzero else 1
+    for x, e in zip(xs, es):
+      ticks[x] = "0" if e[x_field] == 0 else f"{e[x_field]:g}"
     ax.errorbar(xs, [e["ratio_mean"] for e in es], yerr=[e["ratio_std"] for e in es],
                 marker="o", capsize=3, label=label)
     q = [(x, e["d1_median_ratio_mean"], e["d1_median_ratio_std"]) for x, e in zip(xs, es)
@@ -280,6 +285,8 @@ def _figure(series: dict[str, list[dict[str, Any]]], x_field: str, path: str, *,
     a.set_xlabel(xlabel)
     if log_x:
       a.set_xscale("log", base=2)
+      a.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
+      a.minorticks_off()
     a.legend(fontsize=7)
   ax.set_ylabel("replicate ratio (d1/d2 < 1/3)")
   ax.set_ylim(-0.02, 1.02)

@@ -208,6 +208,14 @@ def validate_config(config: ml_collections.ConfigDict, *,
   positive_int("sampling.batch_size")
   need("sampling.respacing", _RESPACING.match(str(flat["sampling.respacing"]))
        is not None, "expected '', 'N', 'ddimN' or 'a,b,c'")
+  # The spec must also fit the chain (e.g. '50' of a 20-step chain), which
+  # would otherwise only fail when sampling starts, after training.
+  for key in ("sampling.respacing", "training.grid_respacing"):
+    if key == "training.grid_respacing" and not flat.get("training.sample_grid_every"):
+      continue  # no periodic grid: the key is unused
+    if flat.get(key):
+      need(key, _respacing_error(flat[key], flat["diffusion.steps"]) is None,
+           f"{_respacing_error(flat[key], flat['diffusion.steps'])}")
   finite("sampling.eta", 0.0, math.inf, hi_open=True)
   positive_int("sampling.seed", 0)
   positive_int("sampling.label", 0)
@@ -217,7 +225,9 @@ def validate_config(config: ml_collections.ConfigDict, *,
 
   # eval
   finite("eval.ratio_threshold", 0.0, 1.0, lo_open=True, hi_open=True)
-  positive_int("eval.blend_k")
+  need("eval.blend_k", isinstance(flat["eval.blend_k"], int) and not isinstance(
+      flat["eval.blend_k"], bool) and (flat["eval.blend_k"] == 0 or flat["eval.blend_k"] >= 2),
+       "expected 0 (no blend test) or an integer >= 2")
   positive_int("eval.num_heldout")
 
   # The data package's own checks (they load nothing, but import TensorFlow,
@@ -228,6 +238,16 @@ def validate_config(config: ml_collections.ConfigDict, *,
       data.validate_data_config(config.data)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+
+
+def _respacing_error(spec: Any, steps: Any) -> str | None:
+  """The respacing module's complaint about `spec` for a chain of `steps`, if any."""
+  from mem_diffusion.diffusion import respace  # pylint: disable=g-import-not-at-top
+  try:
+    respace.space_timesteps(int(steps), str(spec))
+  except (ValueError, TypeError) as e:
+    return str(e).splitlines()[0]
+  return None
 
 
 def _num_data_labels(flat: Mapping[str, Any]) -> int:

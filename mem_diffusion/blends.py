@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from mem_diffusion.neighbors import _default_chunk, _pool_sums
+from mem_diffusion.neighbors import _default_chunk, _pool_sums, merge_top
 
 
 # ----------------------------------------------------------------------------
@@ -124,10 +124,7 @@ def _partner_topp(s_pool, a_pool, t_pool, t_norms, *, p):
     # Z == a spans no segment; padding rows (norm 1e30) are never partners.
     res = jnp.where((vv > 1e-3 * (qq + 1.0)) & (zn[None, :] < 1e29), res, jnp.inf)
     v, i = lax.top_k(-res, p)
-    cat_v = jnp.concatenate([best_v, v], axis=1)
-    cat_i = jnp.concatenate([best_i, i + offset], axis=1)
-    v, j = lax.top_k(cat_v, p)
-    return (v, jnp.take_along_axis(cat_i, j, axis=1)), None
+    return merge_top(best_v, best_i, v, i + offset, p), None
 
   n = s_pool.shape[0]
   tiles, ts = t_norms.shape

@@ -79,6 +79,18 @@ def _centred_blocks(flat_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return blocks.reshape(n, c, _K), norms
 
 
+def merge_top(best_v, best_i, v, i, k: int):
+  """Streaming top-k over training tiles: keeps the k largest of both sets.
+
+  The running best (from earlier tiles, i.e. lower indices) comes first, so
+  `top_k`, which keeps the lower position on ties, keeps the lower index.
+  """
+  cat_v = jnp.concatenate([best_v, v], axis=1)
+  cat_i = jnp.concatenate([best_i, i], axis=1)
+  v, j = lax.top_k(cat_v, k)
+  return v, jnp.take_along_axis(cat_i, j, axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=("m",))
 def _fast_topm(a_blocks, a_norms, t_blocks, t_norms, *, m):
   """m smallest (float32 key, index) per sample, scanning training tiles."""
@@ -89,11 +101,7 @@ def _fast_topm(a_blocks, a_norms, t_blocks, t_norms, *, m):
     dot = jnp.round(dots).astype(jnp.int32).sum(0)
     d = a_norms[:, None] + b_norms[None, :] - 2 * dot
     v, i = lax.top_k(-d.astype(jnp.float32), m)
-    # Earlier tiles (lower indices) first: top_k keeps the lower position on ties.
-    cat_v = jnp.concatenate([best_v, v], axis=1)
-    cat_i = jnp.concatenate([best_i, i + offset], axis=1)
-    v, j = lax.top_k(cat_v, m)
-    return (v, jnp.take_along_axis(cat_i, j, axis=1)), None
+    return merge_top(best_v, best_i, v, i + offset, m), None
 
   n = a_blocks.shape[0]
   tiles, ts = t_norms.shape

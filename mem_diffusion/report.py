@@ -89,6 +89,14 @@ def _pyplot():
   return plt
 
 
+def _save_figure(plt, fig, path: str, *, dpi: int = 150, pad: float = 1.08) -> None:
+  """Lays out, writes (creating the folder) and releases a matplotlib figure."""
+  fig.tight_layout(pad=pad)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def _pick_rows(per_sample: dict[str, np.ndarray], num_each: int, seed: int
                ) -> list[tuple[str, int]]:
   ratio = np.asarray(per_sample["ratio"])
@@ -132,10 +140,7 @@ def nearest_neighbors_figure(samples: np.ndarray, train: np.ndarray,
     if "rho" in per_sample:
       label += f"\nrho={per_sample['rho'][i]:.3f}"
     axes[r, 0].set_ylabel(f"{label}\n{flag}", fontsize=5, rotation=0, ha="right", va="center")
-  fig.tight_layout(pad=0.3)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=200)
-  plt.close(fig)
+  _save_figure(plt, fig, path, dpi=200, pad=0.3)
 
 
 def ratio_histogram(ratios: np.ndarray, path: str, threshold: float = 1 / 3,
@@ -151,10 +156,7 @@ def ratio_histogram(ratios: np.ndarray, path: str, threshold: float = 1 / 3,
   ax.set_ylabel("samples")
   ax.set_title(f"{title}\n{frac:.1%} below threshold (n={ratios.size})", fontsize=9)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=150)
-  plt.close(fig)
+  _save_figure(plt, fig, path)
 
 
 def distance_cdf_figure(curves: Sequence[tuple[str, np.ndarray]], path: str, *,
@@ -172,10 +174,7 @@ def distance_cdf_figure(curves: Sequence[tuple[str, np.ndarray]], path: str, *,
   if title:
     ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=150)
-  plt.close(fig)
+  _save_figure(plt, fig, path)
 
 
 def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str, *,
@@ -192,7 +191,4 @@ def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str,
   if title:
     ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=150)
-  plt.close(fig)
+  _save_figure(plt, fig, path)

@@ -24,12 +24,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
 import numpy as np
 
 from configs import default
 from mem_diffusion import data
 from mem_diffusion.data import generators, geometric, mondrian
+from matmul_rate import matmul_gflops  # pylint: disable=g-bad-import-order
 
 UNET128_TRAIN_FLOP_PER_IMAGE = 3 * 16.8e9
 
@@ -81,18 +81,6 @@ def pipeline_rates(size: int, batch: int, steps: int) -> dict[str, float]:
         b["image"].sum()  # touch the batch, as device transfer would
     out[name] = _rate(run, steps * batch, repeats=2)
   return out
-
-
-def matmul_gflops(dim: int = 2048, reps: int = 10) -> float:
-  a = jax.random.normal(jax.random.key(0), (dim, dim), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * dim ** 3 / best / 1e9
 
 
 def main():

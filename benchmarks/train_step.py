@@ -17,13 +17,13 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
 from mem_diffusion import parallel, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from matmul_rate import matmul_gflops  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
 flags.DEFINE_integer("batch_size", 8, "Global batch size (all devices).")
@@ -38,23 +38,6 @@ def _flops(compiled) -> float:
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
     cost = cost[0]
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
-def matmul_gflops(n: int, mesh, repeats: int = 5) -> float:
-  """Dense float32 matmul rate over all devices (each multiplies its own)."""
-  k = jax.random.PRNGKey(0)
-  sharding = parallel.batch_sharded(mesh)
-  d = mesh.devices.size
-  a = jax.device_put(jax.random.normal(k, (d, n, n), jnp.float32), sharding)
-  f = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x,
-                                   precision=jax.lax.Precision.HIGHEST))
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * d * n ** 3 / best / 1e9
 
 
 def main(argv):

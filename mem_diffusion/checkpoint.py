@@ -39,8 +39,7 @@ CHECKSUM_KEY = "state_checksum"
 _CORRUPT = re.compile(r"^(\d+)\.corrupt-(\d+)$")
 
 
-class CheckpointCorruptError(RuntimeError):
-  """A checkpoint cannot be restored intact; resuming from it would lie."""
+from mem_diffusion.errors import CheckpointCorruptError  # re-exported for callers
 
 
 @jax.jit

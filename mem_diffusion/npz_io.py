@@ -16,8 +16,7 @@ import zipfile
 import numpy as np
 
 
-class InputError(ValueError):
-  """A user-supplied image set is unusable; the message is one line."""
+from mem_diffusion.errors import InputError  # re-exported: callers catch npz_io.InputError
 
 
 def check_images(images, name: str = "images") -> np.ndarray:

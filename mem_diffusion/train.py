@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from mem_diffusion import checkpoint as checkpoint_lib
+from mem_diffusion import errors
 from mem_diffusion import metrics as metrics_lib
 from mem_diffusion import parallel
 from mem_diffusion import validate
@@ -42,17 +43,8 @@ _INIT, _TRAIN, _GRID = 0, 1, 2
 _T_TAG, _NOISE_TAG, _DROPOUT_TAG = 0, 1, 2
 
 
-class TrainingDivergedError(RuntimeError):
-  """The loss or gradient norm became NaN/inf; nothing after it was saved."""
-
-
-class Preempted(Exception):
-  """SIGTERM/SIGINT: the current step was saved, the run can be resumed."""
-
-  def __init__(self, step: int, signum: int):
-    super().__init__(f"stopped by signal {signum} at step {step}; the "
-                     "checkpoint is saved, rerun the same command to resume")
-    self.step, self.signum = step, signum
+TrainingDivergedError = errors.TrainingDivergedError  # re-exported for callers
+Preempted = errors.Preempted
 
 
 @flax.struct.dataclass

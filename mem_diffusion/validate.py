@@ -15,8 +15,7 @@ from typing import Any, Iterable, Mapping
 import ml_collections
 
 
-class ConfigError(ValueError):
-  """A config value (or workdir/config combination) that cannot be run."""
+from mem_diffusion.errors import ConfigError  # re-exported for callers
 
 
 DATASETS = ("cifar_cars", "mondrian", "cifar_classes")

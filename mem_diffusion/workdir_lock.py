@@ -23,10 +23,12 @@ from typing import Iterator
 
 from absl import logging
 
+from mem_diffusion import errors
+
 LOCK_NAME = ".lock"
 
 
-class WorkdirLocked(RuntimeError):
+class WorkdirLocked(errors.WorkdirError):
   """Another live process holds the workdir's lock."""
 
 

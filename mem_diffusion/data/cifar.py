@@ -23,6 +23,7 @@ import re
 import jax
 import numpy as np
 
+from mem_diffusion import errors
 from mem_diffusion.data import generators
 
 CIFAR_SIZE = 32
@@ -35,7 +36,7 @@ _BINARY_SIZE = 170052171
 _BINARY_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 
 
-class CifarUnavailableError(FileNotFoundError):
+class CifarUnavailableError(errors.DataUnavailableError):
   """CIFAR-10 is not prepared locally and cannot be downloaded here."""
 
 

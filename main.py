@@ -93,11 +93,15 @@ def main(argv):
   # distributed runtime is initialised.
   from mem_diffusion import checkpoint, npz_io, parallel, train, validate, workdir_lock  # pylint: disable=g-import-not-at-top,g-multiple-import
   try:
-    validate.validate_config(config)
+    # Cheap checks first, before TensorFlow is imported: the TF-free config
+    # rules, then the workdir lock; the data rules (which import the data
+    # package) only once the run is ours.
+    validate.validate_config(config, data_checks=False)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, auto=FLAGS.multihost)
     # One run per workdir (process 0 of a multi-process run stands for all).
     with workdir_lock.hold_for_run(FLAGS.workdir):
+      validate.validate_config(config)
       run(config, FLAGS.workdir, FLAGS.mode)
   except (validate.ConfigError, NotImplementedError, workdir_lock.WorkdirLocked) as e:
     _fail(str(e), 2)

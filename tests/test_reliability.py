@@ -199,3 +199,36 @@ def test_second_main_in_a_held_workdir_exits_2_with_one_line(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "config.json"))
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert time.time() - start < 120
+
+
+def _env_where_tensorflow_cannot_load(tmp_path) -> dict[str, str]:
+  """A child env in which `import tensorflow` raises, with TF's own switches unset.
+
+  The product, not the test, must keep TensorFlow quiet and out of the cheap
+  checks: the child sees none of the TF_* variables this suite sets.
+  """
+  poison = tmp_path / "poison" / "tensorflow"
+  poison.mkdir(parents=True)
+  (poison / "__init__.py").write_text(
+      "raise ImportError('tensorflow was imported before the cheap checks')\n")
+  env = th.subprocess_env(1)
+  for var in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS"):
+    env.pop(var, None)
+  env["PYTHONPATH"] = str(poison.parent) + os.pathsep + env["PYTHONPATH"]
+  return env
+
+
+@pytest.mark.parametrize("case", ["locked_workdir", "bad_config"])
+def test_cheap_checks_answer_before_tensorflow_is_imported(tmp_path, case):
+  workdir = str(tmp_path / "w")
+  args = th.override_flags() + [f"--workdir={workdir}", "--mode=train"]
+  if case == "bad_config":
+    args.append("--config.training.learning_rate=-1.0")
+  with workdir_lock.hold(workdir, enabled=case == "locked_workdir"):
+    r = subprocess.run([sys.executable, os.path.join(th.REPO, "main.py")] + args,
+                       cwd=th.REPO, env=_env_where_tensorflow_cannot_load(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+  expected = "is in use by another run" if case == "locked_workdir" else "learning_rate"
+  assert lines[0].startswith("error: ") and expected in lines[0], lines

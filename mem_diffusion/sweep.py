@@ -33,17 +33,16 @@ step, which on CPU otherwise costs as much as a toy run's training.
 from __future__ import annotations
 
 import csv
-import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 import numpy as np
+
+from mem_diffusion import errors
 
 # The CPU study (issue 6): (a) capacity curve, (b) a memorized set plus GM
 # dummies with 'uniform' and 'balanced' batches, (c) geometric dummies.
@@ -67,6 +66,7 @@ flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
 flags.DEFINE_multi_string("set", [], "key=value override for every config, e.g. training.num_steps=500.")
 flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
                     "'none' = off).")
+flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
 
 COLUMNS = ("name", "config", "seed", "dataset", "dummy_kind", "num_dummy", "num_original",
            "sampling", "conditional", "train_step", "final_loss", "num_samples",
@@ -105,15 +105,15 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
   """'a.b=value' with the value parsed to the type of the existing key."""
   key, sep, raw = assignment.partition("=")
   if not sep:
-    raise ValueError(f"--set {assignment!r}: expected key=value")
+    raise errors.ConfigError(f"--set {assignment!r}: expected key=value")
   *parents, leaf = key.split(".")
   node = config
   for p in parents:
     if p not in node:
-      raise ValueError(f"--set {assignment!r}: no config section {p!r}")
+      raise errors.ConfigError(f"--set {assignment!r}: no config section {p!r}")
     node = node[p]
   if leaf not in node:
-    raise ValueError(f"--set {assignment!r}: unknown config key {key!r}")
+    raise errors.ConfigError(f"--set {assignment!r}: unknown config key {key!r}")
   old = node[leaf]
   try:
     if isinstance(old, bool):
@@ -130,50 +130,9 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
     else:
       value = raw
   except ValueError:
-    raise ValueError(f"--set {assignment!r}: {raw!r} is not a valid {type(old).__name__} "
+    raise errors.ConfigError(f"--set {assignment!r}: {raw!r} is not a valid {type(old).__name__} "
                      f"for {key}") from None
   node[leaf] = value
-
-
-def _read_json(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _report_matches(report: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
-  """Whether an existing eval report was made with this config's settings."""
-  from mem_diffusion import sampling  # pylint: disable=g-import-not-at-top
-  return (report.get("train_step") == config.training.num_steps
-          and report.get("num_samples") == config.sampling.num_samples
-          and report.get("sampling_chain") == sampling.chain_description(config.sampling))
-
-
-def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """train -> sample -> eval, each resumed or skipped when complete."""
-  from mem_diffusion import evaluate  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import sampling  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import train  # pylint: disable=g-import-not-at-top
-  report_path = os.path.join(workdir, "eval", "report.json")
-  samples_path = sampling.samples_path(config, workdir)
-  report = _read_json(report_path)
-  if report is not None:
-    if _report_matches(report, config):
-      return report
-    logging.warning("%s was made with other settings: training resumes, then "
-                    "sampling and evaluation run again", report_path)
-    for stale in (report_path, samples_path):
-      if os.path.exists(stale):
-        os.remove(stale)
-  summary = _read_json(os.path.join(workdir, "train_summary.json"))
-  if summary is None or summary.get("step") != config.training.num_steps:
-    train.train_and_evaluate(config, workdir)
-    if os.path.exists(samples_path):  # made from an older checkpoint
-      os.remove(samples_path)
-  if not os.path.exists(samples_path):
-    sampling.sample_to_workdir(config, workdir)
-  return evaluate.evaluate_workdir(config, workdir)
 
 
 def row(spec: str, config: ml_collections.ConfigDict, seed: int, workdir: str,
@@ -356,15 +315,6 @@ def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
   return figures
 
 
-def enable_compile_cache(directory: str) -> None:
-  """Persistent compilation cache, also for programs that compile quickly."""
-  import jax  # pylint: disable=g-import-not-at-top
-  os.makedirs(directory, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
               overrides: Sequence[str] = ()) -> list[tuple[str, int, Any, str]]:
   """(spec, seed, config, workdir) for every run, all validated up front.
@@ -373,7 +323,7 @@ def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
   """
   from mem_diffusion import validate  # pylint: disable=g-import-not-at-top
   if not specs:
-    raise ValueError("no configs to run")
+    raise errors.ConfigError("no configs to run")
   plan, names = [], {}
   for spec in specs:
     for seed in seeds:
@@ -383,23 +333,30 @@ def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
       config.seed = int(seed)
       validate.validate_config(config)
       if names.setdefault(config.name, spec) != spec:
-        raise ValueError(f"configs {names[config.name]!r} and {spec!r} have the same name "
+        raise errors.ConfigError(f"configs {names[config.name]!r} and {spec!r} have the same name "
                          f"{config.name!r}: their runs would share a workdir")
       plan.append((spec, int(seed), config, os.path.join(root, config.name, f"seed{seed}")))
   return plan
 
 
 def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
-          overrides: Sequence[str] = (), *, compile_cache: str = "") -> list[dict[str, Any]]:
-  """Runs every (spec, seed); returns the summary rows (also written to root)."""
+          overrides: Sequence[str] = (), *, compile_cache: str = "",
+          verbose: bool = False) -> list[dict[str, Any]]:
+  """Runs every (spec, seed); returns the summary rows (also written to root).
+
+  Raises errors.UserError for every documented failure (a bad config before
+  the first run starts; a locked workdir, a corrupt checkpoint or a
+  diverged run when it happens, with the runs before it kept in the summary).
+  """
+  from mem_diffusion import runtime, stages  # pylint: disable=g-import-not-at-top,g-multiple-import  # JAX after flags
   plan = plan_runs(specs, seeds, root, overrides)
-  if compile_cache != "none":
-    enable_compile_cache(compile_cache or os.path.join(root, "jax_cache"))
+  runtime.setup(verbose=verbose,
+                compile_cache=compile_cache or os.path.join(root, "jax_cache"))
   rows = []
   for i, (spec, seed, config, workdir) in enumerate(plan):
-    logging.info("sweep run %d/%d: %s seed %d -> %s", i + 1, len(plan), spec, seed, workdir)
+    print(f"[{i + 1}/{len(plan)}] {config.name} seed {seed} -> {workdir}", flush=True)
     start = time.time()
-    report = run_stages(config, workdir)
+    report = stages.run(config, workdir, validate=False)
     rows.append(row(spec, config, seed, workdir, report, time.time() - start))
     write_outputs(rows, root)
     print(f"[{i + 1}/{len(plan)}] {config.name} seed {seed}: replicate ratio "
@@ -408,18 +365,19 @@ def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
 
 
 def main(argv):
+  from mem_diffusion import cli  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if bool(FLAGS.configs) == bool(FLAGS.preset) or not FLAGS.root:
-    print("error: --root and exactly one of --configs / --preset are required", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("--root and exactly one of --configs / --preset are required")
   specs = list(PRESETS[FLAGS.preset]) if FLAGS.preset else split_specs(FLAGS.configs)
   try:
     seeds = [int(s) for s in FLAGS.seeds]
-    sweep(specs, seeds, FLAGS.root, FLAGS.set, compile_cache=FLAGS.compile_cache)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
+  except ValueError:
+    cli.fail(f"--seeds must be integers, got {','.join(FLAGS.seeds)}")
+  rows = cli.call(lambda: sweep(specs, seeds, FLAGS.root, FLAGS.set,
+                                compile_cache=FLAGS.compile_cache, verbose=FLAGS.verbose))
+  print(f"{len(rows)} runs; summary in {os.path.join(FLAGS.root, 'summary.md')}", flush=True)
 
 
 if __name__ == "__main__":

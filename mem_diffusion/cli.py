@@ -1,0 +1,84 @@
+"""What every command-line entry point shares: flag errors, exit codes, names.
+
+The contract with a user: a documented failure is one `error: ...` line on
+stderr and an exit code (errors.UserError carries it); only a bug shows a
+traceback. Keeping that in one place means main.py, the sweep and the CLIs
+cannot drift apart on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+from absl import flags
+
+from mem_diffusion import errors
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def call(fn: Callable[[], Any]) -> Any:
+  """Runs `fn`; a UserError becomes its one line and exit code."""
+  try:
+    return fn()
+  except errors.Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except errors.UserError as e:
+    fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, e.exit_code)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's parser, but a bad flag or config override is one `error:` line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    # A config file that raises is reported with its traceback inside the
+    # message: its last line is the exception itself.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    fail(lines[-1] if "Traceback" in str(e) else lines[0])
+  except (KeyError, AttributeError) as e:
+    # ml_collections: an override `--config.a.b=v` of a key that does not exist.
+    name = str(e.args[0] if e.args else e).strip("'\"")
+    bad = [a.split("=")[0] for a in argv if a.startswith("--config.")
+           and name in a.split("=")[0].split(".")]
+    fail(f"unknown config key '{name}'" + (f" in {bad[0]}" if bad else ""))
+  except (ValueError, TypeError) as e:
+    fail(f"bad config override: {e}".splitlines()[0])
+
+
+def loaded_config(flag_name: str = "config"):
+  """The parsed config of an ml_collections config flag, or one error line.
+
+  ml_collections defers "file not found" and errors inside get_config() to
+  the first use of the value; this is that first use.
+  """
+  try:
+    config = flags.FLAGS[flag_name].value
+    if config is not None:
+      config.to_dict()
+  except OSError as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    fail(f"cannot load the config file: {lines[-1]}")
+  if config is None:
+    fail(f"--{flag_name} is required, e.g. --{flag_name}=configs/quickstart.py")
+  return config
+
+
+def default_workdir(config_spec: str, root: str = "runs") -> str:
+  """runs/<config file name>[_<argument>]: one workdir per config variant.
+
+  'configs/capacity.py:1000,tiny' -> 'runs/capacity_1000_tiny', so ':tiny'
+  and config arguments never share a workdir with the full run.
+  """
+  path, _, arg = config_spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if arg:
+    name += "_" + re.sub(r"[^A-Za-z0-9.]+", "_", arg.replace("=", "-")).strip("_")
+  return os.path.join(root, name)

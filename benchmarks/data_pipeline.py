@@ -6,7 +6,7 @@ Measures, in one run on this machine:
   study's batch size, in 'uniform' and in 'balanced' + flip mode;
 - a float32 matmul rate, from which the UNet-128 consumption rate is
   ESTIMATED as rate / (3 x 16.8 GFLOP per image): one train step costs about
-  three forward passes of 16.8 GFLOP (NOTES.md). That is an upper bound on
+  three forward passes of 16.8 GFLOP (docs/reference.md#unet-size). That is an upper bound on
   what the model could eat (real convolutions/attention run below matmul
   peak), so "data / UNet" ratios above 1 mean the data side is not the limit.
 

@@ -1,7 +1,7 @@
 """IDDPM CIFAR-10 defaults: the base every experiment config builds on.
 
 The values are those of improved-diffusion's CIFAR-10 command line plus the
-script defaults it relies on (see ../shared/NOTES.md). Experiment files import
+script defaults it relies on (docs/reference.md#hyperparameters). Experiment files import
 `get_config` from here, change only what the experiment varies, and accept the
 config argument 'tiny' (a CPU-sized variant of the same experiment).
 """

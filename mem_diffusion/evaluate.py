@@ -5,7 +5,7 @@ saw (original images and dummies): a sample that copies a "more cars" dummy
 image is as much a replicate as one that copies an original. The quality
 figure compares the samples with held-out real images of the original class
 (pool cars, fresh Mondrian draws), because a lower replicate ratio only means
-generalization when the samples still look like the class (DESIGN.md).
+generalization when the samples still look like the class (docs/reference.md#replicate-test).
 
 The train set is rebuilt from the config (it is a pure function of
 `config.data`), and checked against the manifest that training wrote, so an

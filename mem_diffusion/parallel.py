@@ -4,7 +4,7 @@ One 1-D mesh named 'data' spans every device of every process. The batch is
 sharded along it and the train state is replicated, so the same jitted step
 runs on one CPU, eight GPUs or a TPU pod. The mesh axis is of type Auto: with
 Explicit axes (the default of `jax.make_mesh` since JAX 0.9) Linen's Dropout
-raises a sharding type error (see shared/NOTES.md).
+raises a sharding type error (see docs/reference.md#mesh-auto-axis).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m mem_diffusion.parity FILE.npz [FILE.npz ...]
 
-The file format is ../shared/golden/README.md. Each file is read on its own:
+The file format: docs/reference.md#golden-files. Each file is read on its own:
 UNet files (`out`, `x`, `t_model`, `config_json`, `param/*`) and diffusion
 files (`base/*`, `respace/*`, `xt`, `pmv/*`, `loss/*`, `spaced/*`, with the
 network in `model_config_json` + `param/*`) are told apart by their keys,

@@ -1,4 +1,4 @@
-"""Beta schedules of IDDPM, in float64.
+"""Beta schedules of IDDPM, in float64 (docs/reference.md#schedules).
 
 The schedules are computed once on the host in float64 (as the reference does)
 because alpha_bar near t = T is tiny and float32 loses the posterior

@@ -121,7 +121,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-  """improved-diffusion's UNetModel (see docs/architecture.md).
+  """improved-diffusion's UNetModel (docs/architecture.md, docs/reference.md#unet-layout).
 
   `attention_resolutions` holds downsample rates (2 = 16x16 for a 32x32
   input), as the reference module; `unet_from_config` converts pixels.

@@ -147,3 +147,13 @@ def test_presets_parse():
 def test_split_specs_keeps_config_arguments():
   assert sweep.split_specs(["configs/a.py,configs/b.py:1000,tiny", "configs/c.py:kind=gm,m=4"]) == [
       "configs/a.py", "configs/b.py:1000,tiny", "configs/c.py:kind=gm,m=4"]
+
+
+def test_changed_num_samples_resamples_and_reevaluates(swept):
+  root, _ = swept
+  more = tuple(o for o in MICRO if not o.startswith("sampling.")) + (
+      "sampling.respacing=10", "sampling.num_samples=8", "sampling.batch_size=8")
+  (r,) = sweep.sweep([SPECS[0]], [0], root, more, compile_cache="none")
+  assert r["num_samples"] == 8
+  with open(os.path.join(r["workdir"], "eval", "report.json")) as f:
+    assert json.load(f)["num_samples"] == 8

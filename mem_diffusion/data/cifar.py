@@ -154,7 +154,8 @@ def _no_leftovers_on_failure(data_dir: str):
         if os.path.isdir(path) and not os.path.islink(path):
           shutil.rmtree(path, ignore_errors=True)
         else:
-          os.remove(path)
+          with contextlib.suppress(OSError):  # keep the original error
+            os.remove(path)
     raise
 
 
@@ -170,7 +171,8 @@ def _prepare(builder, data_dir: str, download: bool) -> None:
   url = _download_url(builder)
   if not manual:
     _probe(url, data_dir)
-  # The official archive itself, not a copy prepared elsewhere.
+  # Built from the official archive, never from a prepared copy tfds may host
+  # on GCS (tfds 4.9 has that off by default; this keeps it off).
   config = tfds.download.DownloadConfig(manual_dir=os.path.dirname(archive),
                                         try_download_gcs=False)
   try:
@@ -181,9 +183,9 @@ def _prepare(builder, data_dir: str, download: bool) -> None:
       raise CifarUnavailableError(_missing_data_message(
           data_dir, f"downloading it from {url} failed ({_reason(e)})")) from e
     raise CifarUnavailableError(
-        f"Preparing CIFAR-10 from {archive} failed ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}). The file must be the "
-        f"official {_BINARY} ({_BINARY_SIZE} bytes, sha256 {_BINARY_SHA256}).\n"
+        f"Preparing CIFAR-10 from {archive} failed ({_reason(e)}). The file "
+        f"must be the official {_BINARY} ({_BINARY_SIZE} bytes, sha256 "
+        f"{_BINARY_SHA256}).\n"
         + _missing_data_message(data_dir, "it could not be prepared from the "
                                 "archive above")) from e
 

@@ -23,6 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   data.image_size = 32
   data.seed = 0  # which images / which dummy set (independent of config.seed)
   data.tfds_data_dir = ""  # '' = TFDS_DATA_DIR or tfds's default
+  data.download = True  # fetch CIFAR-10 through tfds when missing; False on air-gapped machines
   data.hybrid_cutoff = 0.25  # car keeps this fraction of the radial spectrum
   data.sampling = "uniform"  # 'uniform' over the mixed set | 'balanced'
   data.original_share = 0.5  # 'balanced': share of each batch from the original class

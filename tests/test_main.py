@@ -37,8 +37,10 @@ def test_bad_config_is_one_line_exit_2(tmp_path, flags, message):
 def test_missing_cifar_is_the_data_error_before_any_compute(tmp_path):
   env = th.subprocess_env(1)
   env["TFDS_DATA_DIR"] = str(tmp_path / "no_tfds")
-  r = _main(["--config=configs/cars_2k.py:tiny", f"--workdir={tmp_path / 'w'}"], env)
+  r = _main(["--config=configs/cars_2k.py:tiny", f"--workdir={tmp_path / 'w'}",
+             "--config.data.download=false"], env)
   assert r.returncode == 2
   assert "error: CIFAR-10 is not prepared" in r.stderr and "Traceback" not in r.stderr
+  assert "data.download=False forbids" in r.stderr
   assert not os.path.exists(tmp_path / "w" / "config.json")
   assert not os.path.exists(tmp_path / "w" / "checkpoints")

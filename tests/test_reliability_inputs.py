@@ -139,6 +139,7 @@ def test_missing_cifar_offline_via_tfds_data_dir(tmp_path, monkeypatch):
   empty.mkdir()
   config = _config(dict(data__dataset="cifar_cars", data__num_original=16))
   config.data.tfds_data_dir = str(empty)
+  config.data.download = False  # never reach the internet from a test
   monkeypatch.setenv("TFDS_DATA_DIR", str(empty))
   message = _one_line_error(config, str(tmp_path / "w"), monkeypatch)
   # The first line is the error; the lines after it are the offline how-to.

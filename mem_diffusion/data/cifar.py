@@ -1,4 +1,4 @@
-"""CIFAR-10 through tensorflow-datasets, offline, with a seeded class split.
+"""CIFAR-10 through tensorflow-datasets, with a seeded class split.
 
 The study needs the 6,000 automobile images (label 1) of train+test: a seeded
 split puts `num_original` of them in the train set and keeps the rest as a
@@ -10,15 +10,22 @@ Images are identified by their CIFAR-10 index: i for tfds id 'train_i' and
 class is sorted by that index before the seeded permutation, so a split does
 not depend on the order in which tfds happens to read its shards.
 
-The machine that trains may have no internet, so this module never downloads;
-`_missing_data_message` says what to do instead. Nothing is ever unpickled:
-tfds prepares CIFAR-10 from the *binary* archive.
+When CIFAR-10 is not prepared, tfds prepares it: from a hand-placed archive in
+`downloads/manual/` if there is one, else (with `data.download`, the default)
+by downloading the official archive. Training clusters are often air-gapped,
+so a failed or forbidden download ends in `CifarUnavailableError` naming the
+two offline routes. Nothing is ever unpickled: tfds prepares CIFAR-10 from the
+*binary* archive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import urllib.error
+import urllib.request
 
 import jax
 import numpy as np
@@ -34,6 +41,10 @@ _BINARY = "cifar-10-binary.tar.gz"
 _BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 _BINARY_SIZE = 170052171
 _BINARY_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+# One connection attempt before handing the download to tfds: tfds retries a
+# refused or unresolvable connection 10 times with exponential backoff (3.4
+# minutes measured against a closed port) before it gives up.
+_PROBE_TIMEOUT_S = 15
 
 
 class CifarUnavailableError(errors.DataUnavailableError):
@@ -56,12 +67,13 @@ def _version() -> str:
   return str(tfds.builder_cls("cifar10").VERSION)
 
 
-def _missing_data_message(data_dir: str) -> str:
+def _missing_data_message(data_dir: str, why: str) -> str:
+  """The error text: where the data was looked for, why not fetched, what to do."""
   version = _version()
   return (
       f"CIFAR-10 is not prepared in {data_dir} (taken from data.tfds_data_dir, "
-      "else $TFDS_DATA_DIR, else ~/tensorflow_datasets), and this code never "
-      "downloads. Two offline routes work:\n"
+      f"else $TFDS_DATA_DIR, else ~/tensorflow_datasets), and {why}. "
+      "Two offline routes work:\n"
       f"  1. Copy a prepared tfds folder: on any machine with internet run\n"
       "       python -c \"import tensorflow_datasets as tfds; "
       "tfds.builder('cifar10').download_and_prepare()\"\n"
@@ -75,21 +87,107 @@ def _missing_data_message(data_dir: str) -> str:
       "not accepted: nothing here unpickles.)")
 
 
-def _prepare_from_manual_archive(builder, data_dir: str) -> None:
-  """Runs tfds's own preparation when the binary archive was placed by hand."""
+def _reason(e: BaseException) -> str:
+  """A few words on why a download failed, not urllib3's whole retry chain."""
+  if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException):
+    e = e.reason
+  text = str(e)
+  errno_text = re.search(r"\[Errno -?\d+\] [^'\")\n]+", text)
+  if errno_text:
+    return errno_text.group(0).strip()
+  first = text.splitlines()[0][:160] if text else ""
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _download_url(builder) -> str:
+  """The URL tfds's cifar10 builder fetches (its private `_cifar_info`).
+
+  Read from the builder rather than restated, so the reachability probe checks
+  exactly what tfds will download (tests point that at a local server).
+  """
+  return getattr(getattr(builder, "_cifar_info", None), "url", _BINARY_URL)
+
+
+def _probe(url: str, data_dir: str) -> None:
+  """Fails fast, in one attempt, when the download server cannot be reached.
+
+  urllib honours HTTP(S)_PROXY / NO_PROXY as requests (tfds's downloader)
+  does, so a machine that downloads through a proxy passes. An HTTP error
+  status means the server answered; tfds then reports what it gets.
+  """
+  try:
+    request = urllib.request.Request(url, method="HEAD")
+    with urllib.request.urlopen(request, timeout=_PROBE_TIMEOUT_S):
+      pass
+  except urllib.error.HTTPError:
+    pass
+  except OSError as e:  # URLError, timeouts, refused connections, DNS
+    raise CifarUnavailableError(_missing_data_message(
+        data_dir, f"downloading it from {url} failed ({_reason(e)})")) from e
+
+
+@contextlib.contextmanager
+def _no_leftovers_on_failure(data_dir: str):
+  """Removes what a failed tfds preparation created, and nothing else.
+
+  tfds deletes its own `cifar10/incomplete.*` folder, but keeps the folders it
+  made (`downloads/`, `downloads/extracted/`, `cifar10/`), the download's
+  `downloads/cifar10/*.tmp.*` folder and any downloaded or extracted archive.
+  A bad archive kept under a URL without a registered checksum would be reused
+  by the next attempt, so everything that was not there before goes.
+  """
+  watched = [data_dir] + [os.path.join(data_dir, *parts) for parts in (
+      ("cifar10",), ("downloads",), ("downloads", "cifar10"),
+      ("downloads", "extracted"))]  # parents before children
+  before = {d: set(os.listdir(d)) if os.path.isdir(d) else None for d in watched}
+  try:
+    yield
+  except Exception:
+    for d, entries in before.items():
+      if not os.path.isdir(d):
+        continue  # never made, or removed with a new parent above
+      if entries is None:
+        shutil.rmtree(d, ignore_errors=True)
+        continue
+      for name in set(os.listdir(d)) - entries:
+        path = os.path.join(d, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          with contextlib.suppress(OSError):  # keep the original error
+            os.remove(path)
+    raise
+
+
+def _prepare(builder, data_dir: str, download: bool) -> None:
+  """tfds's own preparation, from the manual archive or the official URL."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   archive = manual_archive_path(data_dir)
-  if not os.path.exists(archive):
-    return
-  config = tfds.download.DownloadConfig(manual_dir=os.path.dirname(archive))
+  manual = os.path.exists(archive)
+  if not manual and not download:
+    raise CifarUnavailableError(_missing_data_message(
+        data_dir, "data.download=False forbids fetching it (set it to True "
+        "where this machine reaches the internet)"))
+  url = _download_url(builder)
+  if not manual:
+    _probe(url, data_dir)
+  # Built from the official archive, never from a prepared copy tfds may host
+  # on GCS (tfds 4.9 has that off by default; this keeps it off).
+  config = tfds.download.DownloadConfig(manual_dir=os.path.dirname(archive),
+                                        try_download_gcs=False)
   try:
-    builder.download_and_prepare(download_config=config)
+    with _no_leftovers_on_failure(data_dir):
+      builder.download_and_prepare(download_config=config)
   except Exception as e:  # checksum mismatch, truncated file, full disk, ...
+    if not manual:
+      raise CifarUnavailableError(_missing_data_message(
+          data_dir, f"downloading it from {url} failed ({_reason(e)})")) from e
     raise CifarUnavailableError(
-        f"Preparing CIFAR-10 from {archive} failed ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}). The file must be the "
-        f"official {_BINARY} ({_BINARY_SIZE} bytes, sha256 {_BINARY_SHA256}).\n"
-        + _missing_data_message(data_dir)) from e
+        f"Preparing CIFAR-10 from {archive} failed ({_reason(e)}). The file "
+        f"must be the official {_BINARY} ({_BINARY_SIZE} bytes, sha256 "
+        f"{_BINARY_SHA256}).\n"
+        + _missing_data_message(data_dir, "it could not be prepared from the "
+                                "archive above")) from e
 
 
 def _cifar_index(ids: np.ndarray) -> np.ndarray | None:
@@ -102,20 +200,31 @@ def _cifar_index(ids: np.ndarray) -> np.ndarray | None:
   return out
 
 
-def load_classes(classes, data_dir: str = "") -> dict[int, tuple[np.ndarray, np.ndarray]]:
-  """{class: (uint8 images (n, 32, 32, 3), CIFAR indices (n,))}, index-sorted."""
+def load_classes(classes, data_dir: str = "", download: bool = True
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """{class: (uint8 images (n, 32, 32, 3), CIFAR indices (n,))}, index-sorted.
+
+  Reading is tried before preparing, so under `tfds.testing.mock_data` (which
+  serves any dataset without files) nothing is prepared or downloaded.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = resolve_data_dir(data_dir)
   wanted = sorted({int(c) for c in classes})
-  builder = tfds.builder("cifar10", data_dir=data_dir)
-  if not builder.is_prepared():
-    _prepare_from_manual_archive(builder, data_dir)
+
+  def read():
+    return tfds.load("cifar10", split="train+test", data_dir=data_dir,
+                     download=False, shuffle_files=False)
+
   try:
-    ds = tfds.load("cifar10", split="train+test", data_dir=data_dir,
-                   download=False, shuffle_files=False)
-  except AssertionError as e:
-    raise CifarUnavailableError(_missing_data_message(data_dir)) from e
+    ds = read()
+  except AssertionError:  # tfds: the dataset is not prepared in data_dir
+    _prepare(tfds.builder("cifar10", data_dir=data_dir), data_dir, download)
+    try:
+      ds = read()
+    except AssertionError as e:
+      raise CifarUnavailableError(_missing_data_message(
+          data_dir, "tfds still finds no prepared copy after preparing it")) from e
   want = tf.constant(wanted, tf.int64)
   ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], want)))
   images, labels, ids = [], [], []

@@ -164,7 +164,7 @@ def _cifar_part(data_cfg):
     classes, counts = (cifar.AUTOMOBILE,), (c.num_original,)
   else:
     classes, counts = tuple(int(k) for k in c.classes), tuple(c.class_counts)
-  loaded = cifar.load_classes(classes, c.tfds_data_dir)
+  loaded = cifar.load_classes(classes, c.tfds_data_dir, download=c.get("download", True))
   parts, split = [], {}
   for label, (k, n) in enumerate(zip(classes, counts)):
     imgs, idx = loaded[k]

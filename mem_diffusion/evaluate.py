@@ -113,6 +113,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       summary = json.load(f)
     extra["train_step"] = summary.get("step")
     extra["final_loss"] = summary.get("final_loss")
+  from mem_diffusion import over_training  # pylint: disable=g-import-not-at-top  # imports the sampler stack
+  curve = over_training.read_curve(os.path.join(workdir, "eval", "over_training.json"))
+  if curve:  # the final ratio next to the highest one seen while training
+    extra["over_training"] = over_training.summarize(curve)
   report = evaluate_arrays(
       samples, train_set.images, heldout, eval_cfg=config.eval,
       out_dir=os.path.join(workdir, "eval"), sample_labels=labels,

@@ -292,6 +292,11 @@ def summary_lines(report: dict[str, Any], wd: Workdir) -> list[str]:
     kid = (quality.get("features") or {}).get("kid")
     lines.append(f"quality              median d1 / held-out {_fmt(d1.get('median_ratio'), 2)}"
                  f" (1 = as far from the train set as new real images); KID {_fmt(kid)}")
+  peak = report.get("over_training") or {}
+  if peak:
+    lines.append(f"over training        max {_fmt(peak.get('max_replicate_ratio'))} at step "
+                 f"{peak.get('max_step')} ({peak.get('num_points')} points; "
+                 f"{os.path.relpath(wd.over_training_png)})")
   pictures = [p for p in (wd.nearest_neighbors_png, wd.ratio_hist_png, wd.distance_cdf_png)
               if os.path.exists(p)]
   lines.append(f"report               {os.path.relpath(wd.report_json)}")

@@ -40,6 +40,7 @@ SAFE_TO_CHANGE = (
     "training.grid_num_samples",
     "training.grid_respacing",
     "data.tfds_data_dir",
+    "data.download",
     "sampling.",
     "eval.",
 )

@@ -15,6 +15,7 @@ sweep and the tests ask "is this output there?" without importing a stage.
   samples/grid.png
   samples/record.json              what produced the samples (written last)
   eval/report.json, eval/*.png, eval/per_sample.npz
+  eval/over_training.json, .png    replicate ratio at intervals of training
   eval/record.json                 what produced the report (written last)
 """
 
@@ -94,6 +95,14 @@ class Workdir:
   @property
   def eval_record(self) -> str:
     return self._path("eval", "record.json")
+
+  @property
+  def over_training_json(self) -> str:
+    return self._path("eval", "over_training.json")
+
+  @property
+  def over_training_png(self) -> str:
+    return self._path("eval", "over_training.png")
 
   @property
   def per_sample(self) -> str:

@@ -25,8 +25,16 @@ from mem_diffusion import sampling
 from mem_diffusion import train
 
 # The toy model of configs/toy_capacity.py on 4 images at twice its learning
-# rate: measured 0.94 replicates after 1200 steps (0.875 at lr 1e-3, 0.70
-# after 800 steps), so the 0.8 bar has a margin and the run stays ~2 min.
+# rate. XLA:CPU compiles for the host's instruction set, so the 1200-step
+# trajectory, and the replicate ratio it ends on, differ between CPUs; the
+# seed moves it more. Measured with benchmarks/isa_spread.py (seeds 0-2, on
+# one AVX-512 machine under its own, AVX2 and AVX code): 0.77-0.97 after
+# 1200 steps, every run copying all 4 images (docs/reliability.md,
+# "Determinism contract"). The bar is therefore "most samples are copies"
+# (>= 0.5), far above the controls (<= 0.1, measured 0.0), instead of a bar
+# inside the spread.
+pytestmark = pytest.mark.trajectory
+
 NUM_IMAGES = 4
 NUM_STEPS = 1200
 NUM_SAMPLES = 64
@@ -77,7 +85,7 @@ def test_trained_model_copies_its_training_images(trained):
   assert losses[-50:].mean() < 0.5 * losses[:10].mean()
   samples = _samples(sampler, ema)
   report, per_sample = replicates.analyze(samples, train_set.images, blend_k=0)
-  assert report["replicate_ratio"] >= 0.8, report["replicate_ratio"]
+  assert report["replicate_ratio"] >= 0.5, report["replicate_ratio"]
   # Copies of several different images, not one image over and over.
   copied = np.unique(per_sample["nn1"][per_sample["is_replicate"]])
   assert copied.size >= NUM_IMAGES // 2, copied

@@ -56,6 +56,7 @@ def test_summary_and_workdir_layout(reference):
   assert summary["ema_sha256"] != summary["params_sha256"]
 
 
+@pytest.mark.trajectory
 def test_loss_falls(resumed):
   _, first, second = resumed
   assert np.isfinite(first["final_loss"]) and np.isfinite(second["final_loss"])
@@ -77,6 +78,7 @@ def test_rerun_of_finished_run_changes_nothing(reference):
   assert again["params_sha256"] == ref["params_sha256"] and again["step"] == 24
 
 
+@pytest.mark.trajectory
 def test_one_device_matches_four(reference, tmp_path, monkeypatch):
   ref_dir, _ = reference
   config = th.micro_config(training__num_steps=8)

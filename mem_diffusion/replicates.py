@@ -42,7 +42,8 @@ from mem_diffusion import neighbors
 from mem_diffusion import npz_io
 from mem_diffusion.blends import blend_partners, blend_projection
 # Re-exported: the nearest-neighbour search is part of this module's API.
-from mem_diffusion.neighbors import DEFAULT_DUP_RMS, find_duplicates, nearest_k, nearest_two  # pylint: disable=unused-import
+from mem_diffusion.neighbors import (  # pylint: disable=unused-import
+    DEFAULT_DUP_RMS, find_duplicates, nearest_k, nearest_two)
 
 Z95 = 1.959963984540054
 

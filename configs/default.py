@@ -24,7 +24,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   data.seed = 0  # which images / which dummy set (independent of config.seed)
   data.tfds_data_dir = ""  # '' = TFDS_DATA_DIR or tfds's default
   data.download = True  # fetch CIFAR-10 through tfds when missing; False on air-gapped machines
-  data.hybrid_cutoff = 0.25  # car keeps this fraction of the radial spectrum
+  data.hybrid_cutoff = 0.25  # the car's share of the spectrum ("25% low frequency of a car")
+  # How hybrid_cutoff is read (docs/data.md, "Hybrid"): 'bin_fraction' = the car
+  # gives the lowest-|k| cutoff * S^2 frequency bins (256 of 1,024 at 32x32);
+  # 'corner_radius' = |k| <= cutoff * S/sqrt(2) (101 bins; the rule before this
+  # key existed); 'nyquist_radius' = |k| <= cutoff * S/2 (49 bins).
+  data.hybrid_mask = "bin_fraction"
   data.sampling = "uniform"  # 'uniform' over the mixed set | 'balanced'
   data.original_share = 0.5  # 'balanced': share of each batch from the original class
   data.hflip = False  # the reference uses no augmentation
@@ -89,6 +94,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   evaluation = config.eval = ml_collections.ConfigDict()
   evaluation.ratio_threshold = 1 / 3
   evaluation.blend_k = 8
+  # Duplicate-aware ratio only (replicate_ratio_dedup): training images whose
+  # RMS pixel difference (0..255) is <= this are merged before the d1/d2 test;
+  # 0 = exact duplicates only. 2 levels is invisible. The seed's replicate_ratio
+  # never merges.
+  evaluation.dup_rms = 2.0
   evaluation.num_heldout = 1000  # real images of the original class for the quality figure
   # Memorization over training (mem_diffusion/over_training.py): every this many
   # steps, sample every_num_samples images from the EMA params with the respaced

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from mem_diffusion.neighbors import _default_chunk, _pool_sums, merge_top
+from mem_diffusion import neighbors
 
 
 # ----------------------------------------------------------------------------
@@ -108,9 +108,8 @@ def _partner_topp(s_pool, a_pool, t_pool, t_norms, *, p):
   Pooling is linear, so the relation holds for block means too, at 1/16 of
   the cost of a full-resolution pass. Only candidates come out of here.
   """
-  def step(carry, xs):
-    best_v, best_i = carry
-    z, zn, offset = xs
+  def score(tile):
+    z, zn = tile
     pz = jnp.einsum("nd,md->nm", s_pool, z, precision=lax.Precision.HIGHEST)
     qz = jnp.einsum("nd,md->nm", a_pool, z, precision=lax.Precision.HIGHEST)
     pp = jnp.sum(s_pool * s_pool, 1)[:, None]
@@ -122,15 +121,9 @@ def _partner_topp(s_pool, a_pool, t_pool, t_norms, *, p):
     lam = jnp.clip(uv / jnp.maximum(vv, 1e-6), 0.0, 1.0)
     res = uu - 2 * lam * uv + lam * lam * vv
     # Z == a spans no segment; padding rows (norm 1e30) are never partners.
-    res = jnp.where((vv > 1e-3 * (qq + 1.0)) & (zn[None, :] < 1e29), res, jnp.inf)
-    v, i = lax.top_k(-res, p)
-    return merge_top(best_v, best_i, v, i + offset, p), None
+    return jnp.where((vv > 1e-3 * (qq + 1.0)) & (zn[None, :] < 1e29), res, jnp.inf)
 
-  n = s_pool.shape[0]
-  tiles, ts = t_norms.shape
-  init = (jnp.full((n, p), -jnp.inf, jnp.float32), jnp.zeros((n, p), jnp.int32))
-  offsets = jnp.arange(tiles, dtype=jnp.int32) * ts
-  (_, i), _ = lax.scan(step, init, (t_pool, t_norms, offsets))
+  _, i = neighbors.top_k_scan(score, (t_pool, t_norms), p, s_pool.shape[0])
   return i
 
 
@@ -139,17 +132,13 @@ def blend_partners(samples: np.ndarray, train: np.ndarray, nn1: np.ndarray, p: i
   """p candidate partners Z (train indices) of a two-way blend with train[nn1]."""
   n, m_train = samples.shape[0], train.shape[0]
   p = min(p, m_train)
-  s_pool, _ = _pool_sums(samples.reshape(n, -1), samples.shape[1:])
-  t_pool, _ = _pool_sums(train.reshape(m_train, -1), train.shape[1:])
-  ts = int(min(train_chunk, -(-m_train // 8) * 8))
-  tiles = -(-m_train // ts)
-  pad = tiles * ts - m_train
+  s_pool, _ = neighbors.pool_sums(samples.reshape(n, -1), samples.shape[1:])
+  t_pool, _ = neighbors.pool_sums(train.reshape(m_train, -1), train.shape[1:])
+  ts = neighbors.train_tile_size(m_train, train_chunk)
   t_norms = np.einsum("nd,nd->n", t_pool, t_pool)
-  t_pool = np.concatenate([t_pool, np.zeros((pad, t_pool.shape[1]), np.float32)])
-  t_norms = np.concatenate([t_norms, np.full(pad, 1e30, np.float32)])
-  t_pool_dev = jnp.asarray(t_pool.reshape(tiles, ts, -1))
-  t_norms_dev = jnp.asarray(t_norms.reshape(tiles, ts))
-  cs = _default_chunk(n, chunk_size)
+  t_pool_dev = jnp.asarray(neighbors.tile_rows(t_pool, ts, 0.0))
+  t_norms_dev = jnp.asarray(neighbors.tile_rows(t_norms, ts, 1e30))
+  cs = neighbors.sample_chunk(n, chunk_size)
   out = np.empty((n, p), np.int64)
   for s in range(0, n, cs):
     rows = min(cs, n - s)

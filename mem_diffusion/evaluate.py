@@ -59,7 +59,7 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
   """Replicate/blend tests, quality figures and pictures for arrays in memory."""
   report, per_sample = replicates.analyze(
       samples, train_images, sample_labels=sample_labels, train_labels=train_labels,
-      threshold=eval_cfg.ratio_threshold, blend_k=eval_cfg.blend_k)
+      threshold=eval_cfg.ratio_threshold, blend_k=eval_cfg.blend_k, dup_rms=eval_cfg.dup_rms)
   if train_sources is not None:
     sources = np.asarray(train_sources)[per_sample["nn1"]]
     report["replicated_train_source_counts"] = {
@@ -121,6 +121,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       samples, train_set.images, heldout, eval_cfg=config.eval,
       out_dir=os.path.join(workdir, "eval"), sample_labels=labels,
       train_labels=train_set.labels, train_sources=train_set.sources, extra=extra)
-  logging.info("replicate ratio %.4f (95%% CI %s), blend ratio %.4f",
-               report["replicate_ratio"], report["replicate_ci95"], report["blend_ratio"])
+  logging.info("replicate ratio %.4f (95%% CI %s), duplicate-aware %.4f, blend ratio %.4f",
+               report["replicate_ratio"], report["replicate_ci95"],
+               report["replicate_ratio_dedup"], report["blend_ratio"])
   return report

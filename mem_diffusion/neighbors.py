@@ -34,6 +34,10 @@ still returns exactly what a float64 brute force returns:
    candidates. Rows that fail the check (rare: near-ties between the k-th and
    the m-th neighbour, e.g. many near-duplicates) are recomputed against the
    whole training set in float64, which is exact for integer pixels (all
+   products and sums are integers far below 2^53).
+
+The streaming top-k over training tiles (`top_k_scan`, with `tile_rows`) is
+public: the blend test's partner search (`blends`) scans the same way.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ from mem_diffusion import npz_io
 _K = 1024  # contraction block: partial sums stay <= 1024 * 128^2 = 2^24
 _PAD_NORM = 1 << 30  # squared norm of padding rows: farther than any real image
 _MAX_DIM = (1 << 30) // (255 * 255)  # values per image for exact int32 distances
+
+# Near-duplicate training images: RMS pixel difference (0..255) at or below
+# this is invisible. The config key eval.dup_rms defaults to it.
+DEFAULT_DUP_RMS = 2.0
 
 last_stats: dict[str, Any] = {}
 
@@ -79,36 +87,72 @@ def _centred_blocks(flat_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return blocks.reshape(n, c, _K), norms
 
 
-def merge_top(best_v, best_i, v, i, k: int):
-  """Streaming top-k over training tiles: keeps the k largest of both sets.
+def top_k_scan(score_tile, tiles, k: int, num_queries: int) -> tuple[jax.Array, jax.Array]:
+  """The k lowest scores per query over training tiles, and their row indices.
 
-  The running best (from earlier tiles, i.e. lower indices) comes first, so
-  `top_k`, which keeps the lower position on ties, keeps the lower index.
+  The one streaming top-k of the package (nearest images here, blend
+  partners in `blends`): memory stays at one (queries, tile) score block
+  however large the training set. Traceable: call it inside `jax.jit`.
+
+  Args:
+    score_tile: maps one tile (a pytree slice of `tiles`, leading axis the
+      tile's rows) to float32 (num_queries, tile_size) scores; lower = nearer.
+      Padding rows must score +inf or a value above every real one.
+    tiles: pytree whose leaves have leading axes (num_tiles, tile_size), e.g.
+      from `tile_rows`.
+    k: how many to keep, k <= total rows.
+    num_queries: rows of the score blocks.
+
+  Returns:
+    (scores (num_queries, k) ascending, int32 row indices (num_queries, k)).
+    Ties go to the lower row index: within a tile `lax.top_k` keeps the lower
+    position, and the running best (earlier tiles, lower rows) is placed
+    before the new tile when the two are merged.
   """
-  cat_v = jnp.concatenate([best_v, v], axis=1)
-  cat_i = jnp.concatenate([best_i, i], axis=1)
-  v, j = lax.top_k(cat_v, k)
-  return v, jnp.take_along_axis(cat_i, j, axis=1)
+  num_tiles, tile_size = jax.tree_util.tree_leaves(tiles)[0].shape[:2]
+
+  def step(carry, xs):
+    best_v, best_i = carry
+    tile, offset = xs
+    v, i = lax.top_k(-score_tile(tile), min(k, tile_size))
+    cat_v = jnp.concatenate([best_v, v], axis=1)
+    cat_i = jnp.concatenate([best_i, i + offset], axis=1)
+    v, j = lax.top_k(cat_v, k)
+    return (v, jnp.take_along_axis(cat_i, j, axis=1)), None
+
+  init = (jnp.full((num_queries, k), -jnp.inf, jnp.float32),
+          jnp.zeros((num_queries, k), jnp.int32))
+  offsets = jnp.arange(num_tiles, dtype=jnp.int32) * tile_size
+  (v, i), _ = lax.scan(step, init, (tiles, offsets))
+  return -v, i
+
+
+def tile_rows(x: np.ndarray, tile_size: int, fill) -> np.ndarray:
+  """(M, ...) -> (ceil(M / tile_size), tile_size, ...), padded with `fill`.
+
+  The host-side half of `top_k_scan`: callers pick a `fill` that scores
+  worse than any real row (see `top_k_scan`).
+  """
+  tiles = -(-x.shape[0] // tile_size)
+  pad = np.full((tiles * tile_size - x.shape[0],) + x.shape[1:], fill, x.dtype)
+  return np.concatenate([x, pad]).reshape((tiles, tile_size) + x.shape[1:])
+
+
+def train_tile_size(num_train: int, train_chunk: int) -> int:
+  """Rows per scanned tile: `train_chunk`, or all rows (rounded up to 8) if fewer."""
+  return int(min(train_chunk, -(-num_train // 8) * 8))
 
 
 @functools.partial(jax.jit, static_argnames=("m",))
 def _fast_topm(a_blocks, a_norms, t_blocks, t_norms, *, m):
   """m smallest (float32 key, index) per sample, scanning training tiles."""
-  def step(carry, xs):
-    best_v, best_i = carry
-    b_blocks, b_norms, offset = xs
+  def score(tile):
+    b_blocks, b_norms = tile
     dots = jnp.einsum("nck,mck->cnm", a_blocks, b_blocks, preferred_element_type=jnp.float32)
     dot = jnp.round(dots).astype(jnp.int32).sum(0)
-    d = a_norms[:, None] + b_norms[None, :] - 2 * dot
-    v, i = lax.top_k(-d.astype(jnp.float32), m)
-    return merge_top(best_v, best_i, v, i + offset, m), None
+    return (a_norms[:, None] + b_norms[None, :] - 2 * dot).astype(jnp.float32)
 
-  n = a_blocks.shape[0]
-  tiles, ts = t_norms.shape
-  init = (jnp.full((n, m), -jnp.inf, jnp.float32), jnp.zeros((n, m), jnp.int32))
-  offsets = jnp.arange(tiles, dtype=jnp.int32) * ts
-  (v, i), _ = lax.scan(step, init, (t_blocks, t_norms, offsets))
-  return -v, i
+  return top_k_scan(score, (t_blocks, t_norms), m, a_blocks.shape[0])
 
 
 @jax.jit
@@ -130,7 +174,8 @@ def _exact_rows_f64(a_u8: np.ndarray, train_u8: np.ndarray, k: int) -> tuple[np.
   return order, np.take_along_axis(d, order, axis=1).astype(np.int64)
 
 
-def _default_chunk(n: int, chunk_size: int | None) -> int:
+def sample_chunk(n: int, chunk_size: int | None) -> int:
+  """Samples per jitted step: `chunk_size` (default 1024), at most n rounded up to 8."""
   cs = chunk_size or 1024
   return int(max(8, min(cs, -(-n // 8) * 8)))
 
@@ -161,16 +206,12 @@ def nearest_k(samples: np.ndarray, train: np.ndarray, k: int, *, chunk_size: int
     raise ValueError(f"k={k} needs 1 <= k <= number of training images ({m_train})")
   m = min(num_candidates or max(16, 2 * k), m_train)
   m = max(m, k)
-  cs = _default_chunk(n, chunk_size)
-  ts = int(min(train_chunk, -(-m_train // 8) * 8))
-  tiles = -(-m_train // ts)
+  cs = sample_chunk(n, chunk_size)
+  ts = train_tile_size(m_train, train_chunk)
 
   b_blocks, b_norms = _centred_blocks(b)
-  pad = tiles * ts - m_train
-  b_blocks = np.concatenate([b_blocks, np.zeros((pad,) + b_blocks.shape[1:], np.float32)])
-  b_norms_p = np.concatenate([b_norms, np.full((pad,), _PAD_NORM, np.int32)])
-  t_blocks = jnp.asarray(b_blocks.reshape(tiles, ts, *b_blocks.shape[1:]))
-  t_norms = jnp.asarray(b_norms_p.reshape(tiles, ts))
+  t_blocks = jnp.asarray(tile_rows(b_blocks, ts, 0.0))
+  t_norms = jnp.asarray(tile_rows(b_norms, ts, _PAD_NORM))
   train_dev = jnp.asarray(b)
   max_b = math.sqrt(float(b_norms.max()))
   num_blocks = b_blocks.shape[1]
@@ -212,7 +253,7 @@ def nearest_two(samples: np.ndarray, train: np.ndarray, *, chunk_size: int | Non
   """Exact two nearest training images: (nn1, nn2, d1, d2), float64 L2 distances.
 
   Ties go to the lower training index; duplicates in `train` are NOT removed
-  here (a copy of a duplicated image gets d2 = 0): `analyze` dedupes first.
+  (a copy of a duplicated image gets d1 = d2 = 0): the study's rule.
   """
   idx, sq = nearest_k(samples, train, 2, chunk_size=chunk_size)
   d = np.sqrt(sq.astype(np.float64))
@@ -222,7 +263,7 @@ def nearest_two(samples: np.ndarray, train: np.ndarray, *, chunk_size: int | Non
 # ----------------------------------------------------------------------------
 # Duplicated training images.
 
-def _pool_sums(flat_u8: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+def pool_sums(flat_u8: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
   """Centred b x b block sums: |pool(a) - pool(b)|^2 / b^2 <= |a - b|^2."""
   h, w, _ = shape
   b = next(s for s in (4, 2, 1) if h % s == 0 and w % s == 0)
@@ -248,7 +289,7 @@ def _close_mask(q, q_norm, r, r_norm, row0, limit):
   return (d <= limit + margin) & upper
 
 
-def find_duplicates(train: np.ndarray, *, dup_rms: float = 2.0, chunk_size: int = 1024
+def find_duplicates(train: np.ndarray, *, dup_rms: float = DEFAULT_DUP_RMS, chunk_size: int = 1024
                     ) -> tuple[np.ndarray, list[list[int]]]:
   """Groups exact and near duplicates of the training set.
 
@@ -271,11 +312,11 @@ def find_duplicates(train: np.ndarray, *, dup_rms: float = 2.0, chunk_size: int 
   pairs = {(int(parent[j]), j) for j in np.nonzero(parent != np.arange(m))[0].tolist()}
   uniq = np.sort(first)
   if dup_rms > 0 and uniq.size > 1:
-    pooled, b = _pool_sums(flat[uniq], train.shape[1:])
+    pooled, b = pool_sums(flat[uniq], train.shape[1:])
     norms = np.einsum("nd,nd->n", pooled.astype(np.float64), pooled.astype(np.float64))
     limit = float(dup_rms) ** 2 * flat.shape[1]
     r, r_norm = jnp.asarray(pooled), jnp.asarray(norms.astype(np.float32))
-    cs = _default_chunk(uniq.size, chunk_size)
+    cs = sample_chunk(uniq.size, chunk_size)
     cand = []
     for s in range(0, uniq.size, cs):
       q = pooled[s:s + cs]

@@ -134,13 +134,33 @@ def nearest_neighbors_figure(samples: np.ndarray, train: np.ndarray,
       ax.set_xticks([])
       ax.set_yticks([])
       ax.set_title(titles[c], fontsize=5, pad=2)
-    flag = "REPLICATE" if per_sample["is_replicate"][i] else (
-        "BLEND" if per_sample.get("is_blend", np.zeros(1, bool))[i] else "")
-    label = f"d1/d2={per_sample['ratio'][i]:.3f}"
-    if "rho" in per_sample:
-      label += f"\nrho={per_sample['rho'][i]:.3f}"
-    axes[r, 0].set_ylabel(f"{label}\n{flag}", fontsize=5, rotation=0, ha="right", va="center")
+    axes[r, 0].set_ylabel(row_label(per_sample, i), fontsize=5, rotation=0, ha="right",
+                          va="center")
   _save_figure(plt, fig, path, dpi=200, pad=0.3)
+
+
+def _value(name: str, v: float) -> str:
+  """'name=0.123', or 'name=-' where the value does not apply (NaN: not tested)."""
+  return f"{name}={v:.3f}" if np.isfinite(v) else f"{name}=-"
+
+
+def row_label(per_sample: dict[str, np.ndarray], i: int) -> str:
+  """The annotation of sample i: d1/d2, rho and its verdict.
+
+  rho is NaN for replicates (the blend test does not run on them), so it is
+  shown as '-', not 'nan'. A copy of an image stored twice is a replicate only
+  under the duplicate-aware rule; its flag says so.
+  """
+  lines = [_value("d1/d2", float(per_sample["ratio"][i]))]
+  if "rho" in per_sample:
+    lines.append(_value("rho", float(per_sample["rho"][i])))
+  if per_sample["is_replicate"][i]:
+    lines.append("REPLICATE")
+  elif "is_replicate_dedup" in per_sample and per_sample["is_replicate_dedup"][i]:
+    lines.append("REPLICATE (dedup)")
+  elif "is_blend" in per_sample and per_sample["is_blend"][i]:
+    lines.append("BLEND")
+  return "\n".join(lines)
 
 
 def ratio_histogram(ratios: np.ndarray, path: str, threshold: float = 1 / 3,

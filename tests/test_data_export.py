@@ -29,6 +29,12 @@ def test_export_cli_is_byte_identical_and_previews(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["sources"] == {"geometric": 16, "mondrian": 24}
+  # The fraction of frequency bins the car supplies under each reading (8x8, 0.25).
+  masks = summary["hybrid_masks"]
+  assert (masks["hybrid_mask"], masks["hybrid_cutoff"]) == ("bin_fraction", 0.25)
+  assert {k: v["bins"] for k, v in masks["bins_kept"].items()} == {
+      "corner_radius": 9, "nyquist_radius": 5, "bin_fraction": 16}
+  assert masks["bins_kept"]["bin_fraction"]["fraction"] == 0.25
 
   # Same config, another process: the same bytes.
   cfg = default.get_config().data
@@ -56,3 +62,16 @@ def test_export_cli_is_byte_identical_and_previews(tmp_path):
     with Image.open(tmp_path / "prev" / f"data_{source}.png") as im:
       cols = int(np.ceil(np.sqrt(n)))
       assert im.size == (cols * 9 + 1, -(-n // cols) * 9 + 1)
+
+
+def test_hybrid_readings_figure(tmp_path):
+  cfg = default.get_config().data
+  cfg.image_size = 8
+  path = export.write_hybrid_readings(cfg, str(tmp_path), prefix="data_", count=2)
+  assert path == str(tmp_path / "data_hybrid_readings.png")
+  with Image.open(path) as im:
+    assert im.size[0] > 400 and im.size[1] > 300
+  assert export.hybrid_mask_bins(32, 0.25) == {
+      "corner_radius": {"bins": 101.0, "fraction": 0.098633},
+      "nyquist_radius": {"bins": 49.0, "fraction": 0.047852},
+      "bin_fraction": {"bins": 256.0, "fraction": 0.25}}

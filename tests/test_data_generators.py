@@ -83,31 +83,95 @@ def test_gm_draws_bases_uniformly(gm_set):
 
 
 def test_lowpass_mask_definition():
-  m = generators.lowpass_mask(32, 0.25)
+  m = generators.lowpass_mask(32, 0.25, "corner_radius")
   k = np.fft.fftfreq(32) * 32
   r2 = k[:, None] ** 2 + k[None, :] ** 2
-  assert m[4, 4] and m[-4, 4] and not m[5, 3]  # r^2 = 32 = (0.25 * 16 * sqrt 2)^2 kept
+  assert m[4, 4] == 1 and m[-4, 4] == 1 and m[5, 3] == 0  # r^2 = 32 = (0.25 * 16 * sqrt 2)^2 kept
   assert m.sum() == (r2 <= 32).sum()
-  np.testing.assert_array_equal(m, np.roll(m[::-1, ::-1], 1, axis=(0, 1)))  # k -> -k
-  assert generators.lowpass_mask(8, 1.0).all()
+  np.testing.assert_array_equal(generators.lowpass_mask(32, 0.25, "nyquist_radius"), r2 <= 16)
+  for kind in generators.HYBRID_MASKS:
+    assert generators.lowpass_mask(8, 1.0, kind).min() == (kind != "nyquist_radius")
   with pytest.raises(ValueError, match="hybrid_cutoff"):
     generators.lowpass_mask(8, 0.0)
+  with pytest.raises(ValueError, match="data.hybrid_mask='radius'"):
+    generators.lowpass_mask(8, 0.25, "radius")
+
+
+@pytest.mark.parametrize("size,want", [
+    (32, {"corner_radius": 101, "nyquist_radius": 49, "bin_fraction": 256}),
+    (8, {"corner_radius": 9, "nyquist_radius": 5, "bin_fraction": 16}),
+])
+def test_bins_kept_per_reading(size, want):
+  r2 = generators.frequency_radius2(size)
+  for kind, bins in want.items():
+    m = generators.lowpass_mask(size, 0.25, kind)
+    assert m.sum() == bins, kind
+    assert ((m == 0) | (m == 1)).all() == (kind != "bin_fraction"), kind
+  # bin_fraction: whole rings lowest |k| first, then one ring shared evenly.
+  m = generators.lowpass_mask(size, 0.25, "bin_fraction")
+  shared = (m > 0) & (m < 1)
+  assert np.unique(m[shared]).size == 1 and np.unique(r2[shared]).size == 1
+  assert r2[m == 1].max() < r2[shared].min() and r2[shared].max() < r2[m == 0].min()
+  assert (shared.sum(), m[shared][0]) == (8, 3 / 8)  # 253 + 3 (32x32), 13 + 3 (8x8)
+
+
+@pytest.mark.parametrize("size", [7, 8, 16, 32])
+@pytest.mark.parametrize("kind", generators.HYBRID_MASKS)
+def test_mask_is_hermitian_so_the_hybrid_is_real(size, kind):
+  m = generators.lowpass_mask(size, 0.3, kind)
+  conj = (-np.arange(size)) % size  # index of -k in fft2 layout
+  np.testing.assert_array_equal(m, m[conj][:, conj])
+  rng = np.random.default_rng(size)
+  low, high = rng.random((2, size, size, 3))
+  spec = (m[:, :, None] * np.fft.fft2(low, axes=(0, 1))
+          + (1 - m[:, :, None]) * np.fft.fft2(high, axes=(0, 1)))
+  assert np.abs(np.fft.ifft2(spec, axes=(0, 1)).imag).max() < 1e-12
+
+
+def _old_hybrid_per_image(key, bases, mask, low_uint8):
+  """The hybrid before data.hybrid_mask existed: a boolean corner-radius mask."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  high = generators.gm_float(key, bases)
+  low = low_uint8.astype(jnp.float32) / 255.0
+  mixed = jnp.where(mask[:, :, None], jnp.fft.fft2(low, axes=(0, 1)),
+                    jnp.fft.fft2(high, axes=(0, 1)))
+  return generators.to_uint8(jnp.clip(jnp.real(jnp.fft.ifft2(mixed, axes=(0, 1))), 0.0, 1.0))
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_corner_radius_reproduces_the_old_hybrid_pixels(size):
+  k = np.round(np.fft.fftfreq(size) * size).astype(np.int64)
+  r2 = k[:, None] ** 2 + k[None, :] ** 2
+  old_mask = r2.astype(np.float64) <= 0.25 ** 2 * float(r2.max())
+  cars = np.random.default_rng(9).integers(0, 256, (20, size, size, 3), dtype=np.uint8)
+  ids = np.arange(20)
+  old = generators.render_indexed(
+      _old_hybrid_per_image, generators.stream_key(0, generators.STREAM_HYBRID), ids, cars,
+      consts=(generators.gm_bases(0, size), old_mask))
+  new = generators.hybrid_images(0, ids, cars, 0.25, mask="corner_radius")
+  np.testing.assert_array_equal(new, old)
+  # The default reading (bin_fraction) gives other pixels.
+  assert not np.array_equal(generators.hybrid_images(0, ids, cars, 0.25), old)
 
 
 def test_hybrid_formula_against_numpy():
   rng = np.random.default_rng(0)
   low, high = rng.random((2, 16, 16, 3)).astype(np.float32)
-  mask = generators.lowpass_mask(16, 0.25)
-  f = np.where(mask[:, :, None], np.fft.fft2(low, axes=(0, 1)), np.fft.fft2(high, axes=(0, 1)))
-  want = np.clip(np.fft.ifft2(f, axes=(0, 1)).real, 0, 1)
-  got = np.asarray(generators.hybrid_float(low, high, mask))
-  np.testing.assert_allclose(got, want, atol=2e-5)
+  for kind in generators.HYBRID_MASKS:
+    mask = generators.lowpass_mask(16, 0.25, kind)
+    m = mask[:, :, None]
+    f = m * np.fft.fft2(low, axes=(0, 1)) + (1 - m) * np.fft.fft2(high, axes=(0, 1))
+    want = np.clip(np.fft.ifft2(f, axes=(0, 1)).real, 0, 1)
+    got = np.asarray(generators.hybrid_float(low, high, mask.astype(np.float32)))
+    np.testing.assert_allclose(got, want, atol=2e-5, err_msg=kind)
 
 
 def test_hybrid_keeps_car_low_frequencies():
   cars = np.random.default_rng(1).integers(0, 256, (6, S, S, 3), dtype=np.uint8)
   # cutoff 1: the car keeps the whole spectrum, so the hybrid is the car.
-  np.testing.assert_array_equal(generators.hybrid_images(0, np.arange(6), cars, 1.0), cars)
+  for kind in ("corner_radius", "bin_fraction"):
+    np.testing.assert_array_equal(
+        generators.hybrid_images(0, np.arange(6), cars, 1.0, mask=kind), cars)
   hyb = generators.hybrid_images(0, np.arange(6), cars, 0.25).astype(np.float64)
   gm = generators.hybrid_gm_sources(0, np.arange(6), S).astype(np.float64)
   mean = lambda a: a.mean(axis=(1, 2))

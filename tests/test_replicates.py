@@ -167,38 +167,104 @@ def test_analyze_known_answers(analyzed):
   data, report, per = analyzed
   kind, src = data["kind"], data["source"]
   copies = kind == 0
-  assert per["is_replicate"][copies].all()
+  # The 4 duplicated training images are the copies appended at 300..303.
+  duplicated = [i for i, _ in report["duplicate_train_pairs"]]
+  copies_of_dup = copies & np.isin(src[:, 0], duplicated)
+  # Duplicate-aware: every noisy copy is a replicate of its source.
+  assert per["is_replicate_dedup"][copies].all()
+  np.testing.assert_array_equal(per["nn1_dedup"][copies], src[copies, 0])
+  # The seed's rule: a copy of a duplicated image has d1 = d2 (both copies are
+  # equally near), so it is not a replicate; every other copy is.
+  np.testing.assert_array_equal(per["is_replicate"][copies], ~copies_of_dup[copies])
+  np.testing.assert_array_equal(per["ratio"][copies_of_dup], 1.0)
   np.testing.assert_array_equal(per["nn1"][copies], src[copies, 0])
   assert per["is_blend"][kind == 2].mean() >= 0.9
-  assert (per["is_blend"] | per["is_replicate"])[kind == 3].mean() >= 0.6
-  assert not (per["is_blend"] | per["is_replicate"])[kind == 4].any()
-  assert not (per["is_blend"] & per["is_replicate"]).any()
+  assert (per["is_blend"] | per["is_replicate_dedup"])[kind == 3].mean() >= 0.6
+  assert not (per["is_blend"] | per["is_replicate_dedup"] | per["is_replicate"])[kind == 4].any()
+  assert not (per["is_blend"] & per["is_replicate_dedup"]).any()
   assert report["num_train"] == 304 and report["num_train_unique"] == 300
-  assert len(report["duplicate_train_pairs"]) == 4
+  assert len(report["duplicate_train_pairs"]) == 4 and report["num_duplicate_train_groups"] == 4
   assert all(j >= 300 for _, j in report["duplicate_train_pairs"])
-  # Indices refer to the original array and never to a duplicate's later copy.
-  assert per["nn1"].max() < 300 and per["nn2"].max() < 300
+  # Duplicate-aware indices never point at a duplicate's later copy; the
+  # seed's nn2 does when the two nearest are the two stored copies.
+  assert per["nn1_dedup"].max() < 300 and per["nn2_dedup"].max() < 300
+  assert per["nn1"].max() < 300 and (per["nn2"][copies_of_dup] >= 300).all()
   np.testing.assert_allclose(per["ratio"], per["d1"] / per["d2"])
+  np.testing.assert_allclose(per["ratio_dedup"], per["d1_dedup"] / per["d2_dedup"])
   n = kind.size
-  assert report["replicate_ratio"] == per["is_replicate"].sum() / n
-  assert report["replicate_ci95"] == replicates.wilson_interval(int(per["is_replicate"].sum()), n)
+  for suffix in ("", "_dedup"):
+    hits = int(per[f"is_replicate{suffix}"].sum())
+    assert report[f"num_replicates{suffix}"] == hits
+    assert report[f"replicate_ratio{suffix}"] == hits / n
+    assert report[f"replicate_ci95{suffix}"] == replicates.wilson_interval(hits, n)
+  assert report["num_replicates_dedup"] - report["num_replicates"] == copies_of_dup.sum()
   assert set(report["per_class"]) == {"0", "1"}
   assert sum(c["num_samples"] for c in report["per_class"].values()) == n
+  assert sum(c["num_replicates_dedup"] for c in report["per_class"].values()) == (
+      report["num_replicates_dedup"])
   assert report["replicated_train_class_counts"] == {"0": int(per["is_replicate"].sum())}
   json.dumps(report)
 
 
-def test_analyze_duplicated_copy_is_found():
-  # A copy of an image that appears twice in train has d2 = 0 without dedupe.
-  data = synthetic.synthetic_set(12, num_train=100, num_copies=0, num_blend2=0, num_novel=0,
-                                  image_size=16)
-  train = np.concatenate([data["train"], data["train"][5:6]])
-  samples = train[5:6].copy()
-  _, _, _, d2 = replicates.nearest_two(samples, train)
-  assert d2[0] == 0
-  report, per = replicates.analyze(samples, train)
-  assert per["is_replicate"][0] and per["nn1"][0] == 5 and per["d2"][0] > 0
-  assert report["duplicate_train_pairs"] == [[5, 100]]
+def _brute_ratios(samples, train, dup_rms):
+  """Reference in float64: the seed's d1/d2 against train as stored, and the
+  duplicate-aware one against the lowest index of each duplicate group."""
+  a = samples.reshape(len(samples), -1).astype(np.float64)
+  b = train.reshape(len(train), -1).astype(np.float64)
+  dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+  # Groups: RMS difference <= dup_rms, closed transitively (connected components).
+  rms = np.sqrt(((b[:, None, :] - b[None, :, :]) ** 2).mean(-1))
+  group = np.arange(len(b))
+  changed = True
+  while changed:
+    lowest = np.array([group[rms[i] <= dup_rms].min() for i in range(len(b))])
+    changed = not np.array_equal(lowest, group)
+    group = lowest
+  reps = np.unique(group)
+
+  def ratio(d):
+    d = np.sort(d, axis=1)
+    return np.array([1.0 if d2 == 0 else d1 / d2 for d1, d2 in d[:, :2]])
+
+  return ratio(dist), ratio(dist[:, reps]), len(b) - len(reps)
+
+
+def test_seed_ratio_vs_dedup_ratio_on_a_duplicated_image():
+  """Done-when of the issue: a copy of a duplicated training image is not a
+  replicate under the seed's rule (d1 = d2 = 0) and is one under the
+  duplicate-aware rule; both ratios equal a float64 brute force."""
+  rng = np.random.default_rng(1212)
+  train = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+  train[25] = train[7]  # image 7 is stored twice
+  near = np.clip(train[11].astype(int) + rng.choice([-1, 1], train[11].shape), 0, 255)
+  train[30] = near.astype(np.uint8)  # RMS 1: a near duplicate of 11
+  noisy = lambda i: np.clip(train[i].astype(int) + rng.integers(-3, 4, train[i].shape),
+                            0, 255).astype(np.uint8)
+  samples = np.stack([train[7], noisy(7), noisy(11), noisy(3), noisy(20),
+                      rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)])
+  report, per = replicates.analyze(samples, train, blend_k=0, dup_rms=2.0)
+  seed_ref, dedup_ref, merged = _brute_ratios(samples, train, 2.0)
+  np.testing.assert_array_equal(per["ratio"], seed_ref)
+  np.testing.assert_array_equal(per["ratio_dedup"], dedup_ref)
+  # The exact copy of the duplicated image 7: seed NOT replicated, dedup replicated.
+  assert per["d1"][0] == per["d2"][0] == 0 and per["ratio"][0] == 1.0
+  assert not per["is_replicate"][0] and per["is_replicate_dedup"][0]
+  assert (per["nn1"][0], per["nn2"][0], per["nn1_dedup"][0]) == (7, 25, 7)
+  np.testing.assert_array_equal(per["is_replicate"], seed_ref < 1 / 3)
+  np.testing.assert_array_equal(per["is_replicate_dedup"], dedup_ref < 1 / 3)
+  assert per["is_replicate"].tolist() == [False, False, False, True, True, False]
+  assert per["is_replicate_dedup"].tolist() == [True, True, True, True, True, False]
+  n = len(samples)
+  assert report["replicate_ratio"] == (seed_ref < 1 / 3).sum() / n == 2 / 6
+  assert report["replicate_ratio_dedup"] == (dedup_ref < 1 / 3).sum() / n == 5 / 6
+  assert report["replicate_ci95_dedup"] == replicates.wilson_interval(5, 6)
+  assert report["duplicate_train_pairs"] == [[7, 25], [11, 30]] and merged == 2
+  assert report["num_duplicate_train_groups"] == 2 and report["num_train_unique"] == 38
+  # dup_rms = 0 merges only exact copies: the near pair 11/30 is left alone.
+  report0, per0 = replicates.analyze(samples, train, blend_k=0, dup_rms=0.0)
+  np.testing.assert_array_equal(per0["ratio_dedup"], _brute_ratios(samples, train, 0.0)[1])
+  assert report0["duplicate_train_pairs"] == [[7, 25]] and not per0["is_replicate_dedup"][2]
+  np.testing.assert_array_equal(per0["ratio"], per["ratio"])  # the seed's rule ignores dup_rms
 
 
 def test_analyze_rejects_bad_inputs():
@@ -288,6 +354,8 @@ def test_cli_round_trip_subprocess(tmp_path):
   for key in ("nn1", "nn2", "d1", "d2", "ratio", "rho", "is_replicate", "is_blend"):
     assert arrays[key].shape == (24,), key
   assert grid.stat().st_size > 1000
+  assert "replicate_ratio_dedup" in report and "replicate_ci95_dedup" in report
+  assert f"duplicate-aware {report['num_replicates_dedup']} =" in proc.stdout
   bad = subprocess.run(cmd[:4] + [str(tmp_path / "nope.npz")] + cmd[5:], capture_output=True,
                        text=True, env=env, cwd=REPO, timeout=300)
   assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "no such file" in bad.stderr
@@ -308,6 +376,34 @@ def test_cli_acceptance_on_unseen_synthetic_set(tmp_path):
   assert arrays["is_replicate"][kind == 0].mean() >= 0.99
   assert arrays["is_blend"][kind == 2].mean() >= 0.90
   assert flagged[kind == 4].mean() <= 0.01
+
+
+def test_cli_dup_rms_option(tmp_path, capsys):
+  train = np.random.default_rng(4).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+  train[9] = np.clip(train[2].astype(int) + 1, 0, 255)  # RMS <= 1 from image 2
+  s, t, out = tmp_path / "S.npz", tmp_path / "T.npz", tmp_path / "r.json"
+  np.savez(s, train[2:3])
+  np.savez(t, train)
+  args = ["--samples", str(s), "--train", str(t), "--out", str(out), "--blend-k", "0"]
+  assert replicates.main(args) == 0
+  assert "1 duplicate pairs in 1 groups merged" in capsys.readouterr().out
+  assert json.loads(out.read_text())["dup_rms"] == 2.0
+  assert replicates.main(args + ["--dup-rms", "0"]) == 0
+  assert "0 duplicate pairs in 0 groups merged" in capsys.readouterr().out
+  assert replicates.main(args + ["--dup-rms", "-1"]) == 2
+  assert capsys.readouterr().err.startswith("error: dup_rms=-1.0")
+
+
+def test_nearest_neighbors_row_label_shows_dash_for_untested_rho():
+  from mem_diffusion import report as report_lib  # pylint: disable=import-outside-toplevel
+  per = {"ratio": np.array([0.1, 1.0, 0.8]), "rho": np.array([np.nan, np.nan, 0.2]),
+         "is_replicate": np.array([True, False, False]),
+         "is_replicate_dedup": np.array([True, True, False]),
+         "is_blend": np.array([False, False, True])}
+  labels = [report_lib.row_label(per, i) for i in range(3)]
+  assert labels == ["d1/d2=0.100\nrho=-\nREPLICATE", "d1/d2=1.000\nrho=-\nREPLICATE (dedup)",
+                    "d1/d2=0.800\nrho=0.200\nBLEND"]
+  assert not any("nan" in label for label in labels)
 
 
 def test_load_npz_accepts_improved_diffusion_format(tmp_path):

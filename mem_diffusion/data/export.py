@@ -11,7 +11,12 @@ writes
   the recorded CIFAR split, the data config);
 - with --preview DIR: DIR/<prefix><source>.png, a grid of the first images of
   every source; --hybrid_illustration adds <prefix>hybrid_mondrian_illustration.png
-  (Mondrian low-pass + GM high-pass, which needs no CIFAR).
+  (Mondrian low-pass + GM high-pass, which needs no CIFAR), and
+  --hybrid_readings adds <prefix>hybrid_readings.png (the same sources mixed
+  under each reading of data.hybrid_cutoff, with the masks).
+
+The printed summary gives, for the config's image size and cutoff, the
+fraction of frequency bins the car supplies under each `data.hybrid_mask`.
 
 The npz is a zip written with fixed timestamps, so the same config gives the
 same bytes (np.savez stamps the current time into the archive).
@@ -51,6 +56,10 @@ def _define_flags() -> None:
       "hybrid_illustration", False,
       "Also write a (Mondrian | GM | hybrid) triplet grid that shows the Fourier "
       "mixing without CIFAR (an illustration, not a training set).")
+  _FLAGS["readings"] = flags.DEFINE_bool(
+      "hybrid_readings", False,
+      "Also write one Mondrian/GM hybrid per data.hybrid_mask reading, with the "
+      "masks, as <prefix>hybrid_readings.png.")
 
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -107,10 +116,70 @@ def write_hybrid_illustration(data_cfg, directory: str, *, prefix: str = "",
   ids = np.arange(count)
   low = mondrian.mondrian_images(seed, ids, size)
   high = generators.hybrid_gm_sources(seed, ids, size)
-  mixed = generators.hybrid_images(seed, ids, low, data_cfg.hybrid_cutoff)
+  mixed = generators.hybrid_images(seed, ids, low, data_cfg.hybrid_cutoff,
+                                   mask=data_cfg.hybrid_mask)
   triplets = np.stack([low, high, mixed], axis=1).reshape(-1, size, size, 3)
   path = os.path.join(directory, f"{prefix}hybrid_mondrian_illustration.png")
   _save_grid(path, triplets, 12, scale)
+  return path
+
+
+def hybrid_mask_bins(image_size: int, cutoff: float) -> dict[str, dict[str, float]]:
+  """Frequency bins (weights summed) and their fraction that the car supplies, per reading."""
+  out = {}
+  for kind in generators.HYBRID_MASKS:
+    bins = float(generators.lowpass_mask(image_size, cutoff, kind).sum())
+    out[kind] = {"bins": round(bins, 6), "fraction": round(bins / image_size ** 2, 6)}
+  return out
+
+
+def write_hybrid_readings(data_cfg, directory: str, *, prefix: str = "", count: int = 3) -> str:
+  """One figure: `count` Mondrian/GM pairs mixed under every reading, masks on top.
+
+  Mondrian images stand in for the cars (no CIFAR needed); the seed, image
+  size and cutoff are the config's.
+  """
+  # matplotlib only here: the data path never needs it.
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  size, seed, cutoff = data_cfg.image_size, data_cfg.seed, data_cfg.hybrid_cutoff
+  ids = np.arange(count)
+  low = mondrian.mondrian_images(seed, ids, size)
+  high = generators.hybrid_gm_sources(seed, ids, size)
+  kinds = generators.HYBRID_MASKS
+  mixed = [generators.hybrid_images(seed, ids, low, cutoff, mask=k) for k in kinds]
+  bins = hybrid_mask_bins(size, cutoff)
+  cols = 2 + len(kinds)
+  fig, axes = plt.subplots(count + 1, cols, figsize=(1.45 * cols, 1.45 * (count + 1)),
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  for ax in axes[0, :2]:
+    ax.axis("off")
+  axes[0, 0].text(0.5, 0.5, f"{size}x{size}, cutoff {cutoff:g}\nmask: car's weight\n"
+                  "(k = 0 at centre)", ha="center", va="center", fontsize=6)
+  for c, kind in enumerate(kinds, start=2):
+    mask = np.fft.fftshift(generators.lowpass_mask(size, cutoff, kind))
+    axes[0, c].imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    default = " (default)" if kind == generators.DEFAULT_HYBRID_MASK else ""
+    axes[0, c].set_title(f"{kind}{default}\n{bins[kind]['bins']:g} bins "
+                         f"({bins[kind]['fraction']:.1%})", fontsize=6)
+  for r in range(count):
+    row = [low[r], high[r]] + [m[r] for m in mixed]
+    for c, im in enumerate(row):
+      axes[r + 1, c].imshow(im, interpolation="nearest")
+    axes[r + 1, 0].set_ylabel(f"#{r}", fontsize=6)
+  axes[1, 0].set_title("low: Mondrian", fontsize=6)
+  axes[1, 1].set_title("high: GM", fontsize=6)
+  for c in range(2, cols):
+    axes[1, c].set_title("hybrid", fontsize=6)
+  fig.tight_layout(pad=0.3)
+  path = os.path.join(directory, f"{prefix}hybrid_readings.png")
+  os.makedirs(directory, exist_ok=True)
+  fig.savefig(path, dpi=160)
+  plt.close(fig)
   return path
 
 
@@ -122,6 +191,8 @@ def main(argv):
     raise app.UsageError("--config is required")
   if not (_FLAGS["out"].value or _FLAGS["preview"].value):
     raise app.UsageError("give --out FILE.npz and/or --preview DIR")
+  if (_FLAGS["illustrate"].value or _FLAGS["readings"].value) and not _FLAGS["preview"].value:
+    raise app.UsageError("--hybrid_illustration and --hybrid_readings write into --preview DIR")
   data_cfg = config.data
   if _FLAGS["out"].value:
     ts = export(data_cfg, _FLAGS["out"].value)
@@ -134,9 +205,14 @@ def main(argv):
     if _FLAGS["illustrate"].value:
       written.append(write_hybrid_illustration(data_cfg, _FLAGS["preview"].value,
                                                prefix=_FLAGS["prefix"].value, scale=_FLAGS["scale"].value))
+    if _FLAGS["readings"].value:
+      written.append(write_hybrid_readings(data_cfg, _FLAGS["preview"].value,
+                                           prefix=_FLAGS["prefix"].value))
   counts = {s: int(n) for s, n in zip(*np.unique(ts.sources, return_counts=True))}
+  hybrid = {"hybrid_mask": data_cfg.hybrid_mask, "hybrid_cutoff": data_cfg.hybrid_cutoff,
+            "bins_kept": hybrid_mask_bins(data_cfg.image_size, data_cfg.hybrid_cutoff)}
   print(json.dumps({"num_images": len(ts), "num_classes": ts.num_classes,
-                    "sources": counts, "written": written}))
+                    "sources": counts, "hybrid_masks": hybrid, "written": written}))
 
 
 if __name__ == "__main__":

@@ -151,29 +151,73 @@ def gm_images(seed: int, indices, image_size: int, *,
 # ---- hybrid: low frequencies of a car + high frequencies of a GM image ------------
 
 
-def lowpass_mask(image_size: int, cutoff: float) -> np.ndarray:
-  """Boolean (S, S) mask of the frequencies the car keeps, in fft2 layout.
+HYBRID_MASKS = ("corner_radius", "nyquist_radius", "bin_fraction")
+DEFAULT_HYBRID_MASK = "bin_fraction"
 
-  With integer frequency indices kx, ky in [-S/2, S/2) (numpy fftfreq * S),
-  radius r = sqrt(kx^2 + ky^2) and the spectrum's radius R = the largest r on
-  the grid (the corner, S / sqrt(2) for even S), the car keeps r <= cutoff * R.
-  Compared in squared integers/float64 so boundary points (at S=32, cutoff
-  0.25: kx = ky = 4) are kept deterministically. The mask is symmetric under
-  k -> -k, so the mixed spectrum stays Hermitian and its inverse real.
+
+def frequency_radius2(image_size: int) -> np.ndarray:
+  """Squared integer frequency radius kx^2 + ky^2 per bin, in fft2 layout.
+
+  Frequencies are numpy's fftfreq(S) * S, i.e. in [-S/2, S/2). The value is
+  the same for k and -k (for even S, -(-S/2) aliases to -S/2 itself), so any
+  mask that is a function of it is Hermitian-symmetric.
+  """
+  k = np.round(np.fft.fftfreq(image_size) * image_size).astype(np.int64)
+  return k[:, None] ** 2 + k[None, :] ** 2
+
+
+def lowpass_mask(image_size: int, cutoff: float, kind: str = DEFAULT_HYBRID_MASK) -> np.ndarray:
+  """float64 (S, S) weight of the car's spectrum per frequency bin, fft2 layout.
+
+  The seed's "25% low frequency of a car" (cutoff 0.25) has three readings:
+  - 'corner_radius': |k| <= cutoff * R with R the spectrum's largest radius,
+    its corner (S / sqrt(2) for even S). 101 of 1,024 bins at S = 32.
+  - 'nyquist_radius': |k| <= cutoff * S / 2 (a fraction of the Nyquist
+    frequency along an axis). 49 of 1,024 bins at S = 32.
+  - 'bin_fraction': the car gets exactly cutoff * S^2 bins' worth, lowest |k|
+    first. Whole rings of equal |k| are taken while they fit; the ring where
+    the count runs out is shared: each of its bins gets the same weight
+    (remaining / ring size), so no direction is preferred and there is no
+    tie to break. 256 of 1,024 bins at S = 32.
+  Radii are compared as squared integers against a float64 bound, so bins
+  on the boundary are kept deterministically (corner, S = 32, cutoff 0.25:
+  kx = ky = 4 is kept). Every weight is a function of |k|, so the mask is
+  symmetric under k -> -k: the mixed spectrum stays Hermitian and its inverse
+  real. Weights are 0 or 1 except on the shared 'bin_fraction' ring.
   """
   if not 0.0 < cutoff <= 1.0:
     raise ValueError(f"data.hybrid_cutoff must be in (0, 1], got {cutoff}")
-  k = np.round(np.fft.fftfreq(image_size) * image_size).astype(np.int64)
-  r2 = k[:, None] ** 2 + k[None, :] ** 2
-  return r2.astype(np.float64) <= (cutoff ** 2) * float(r2.max())
+  if kind not in HYBRID_MASKS:
+    raise ValueError(f"data.hybrid_mask={kind!r}: expected one of {HYBRID_MASKS}")
+  r2 = frequency_radius2(image_size)
+  if kind == "corner_radius":
+    return (r2.astype(np.float64) <= (cutoff ** 2) * float(r2.max())).astype(np.float64)
+  if kind == "nyquist_radius":
+    return (r2.astype(np.float64) <= (cutoff ** 2) * (image_size / 2) ** 2).astype(np.float64)
+  budget = cutoff * image_size * image_size
+  radii, sizes = np.unique(r2, return_counts=True)
+  taken = np.cumsum(sizes)
+  full = taken <= budget  # rings that fit whole
+  weight = np.zeros(radii.size)
+  weight[full] = 1.0
+  partial = int(np.count_nonzero(full))
+  if partial < radii.size:
+    done = float(taken[partial - 1]) if partial else 0.0
+    weight[partial] = (budget - done) / sizes[partial]
+  return weight[np.searchsorted(radii, r2)]
 
 
 def hybrid_float(low: jax.Array, high: jax.Array, mask: jax.Array) -> jax.Array:
-  """real(ifft2(M * fft2(low) + (1 - M) * fft2(high))) per channel, clipped."""
+  """real(ifft2(M * fft2(low) + (1 - M) * fft2(high))) per channel, clipped.
+
+  Bins with weight exactly 1 or 0 are selected, not multiplied, so a 0/1
+  mask gives the same pixels as a boolean one (and as before weights
+  existed).
+  """
   f_low = jnp.fft.fft2(low, axes=(0, 1))
   f_high = jnp.fft.fft2(high, axes=(0, 1))
   m = mask[:, :, None]
-  mixed = jnp.where(m, f_low, f_high)
+  mixed = jnp.where(m >= 1, f_low, jnp.where(m <= 0, f_high, m * f_low + (1 - m) * f_high))
   return jnp.clip(jnp.real(jnp.fft.ifft2(mixed, axes=(0, 1))), 0.0, 1.0)
 
 
@@ -185,16 +229,20 @@ def _hybrid_per_image(key, bases, mask, low_uint8):
 
 @on_cpu
 def hybrid_images(seed: int, indices, low_sources: np.ndarray, cutoff: float, *,
+                  mask: str = DEFAULT_HYBRID_MASK,
                   batch_size: int = DEFAULT_GEN_BATCH) -> np.ndarray:
   """Hybrid i = low frequencies of `low_sources[k]` (uint8, aligned with
-  `indices`) + high frequencies of a fresh GM image keyed on (seed, i)."""
+  `indices`) + high frequencies of a fresh GM image keyed on (seed, i);
+  `mask` names the reading of `cutoff` (`lowpass_mask`)."""
   low_sources = np.asarray(low_sources)
   if low_sources.dtype != np.uint8 or low_sources.ndim != 4:
     raise ValueError("hybrid low-frequency sources must be uint8 NHWC")
   if len(low_sources) != len(np.asarray(indices)):
     raise ValueError("one low-frequency source per hybrid index is needed")
   size = low_sources.shape[1]
-  consts = (gm_bases(seed, size), jnp.asarray(lowpass_mask(size, cutoff)))
+  # Every bin of a ring gets the same float32 weight: the mask stays symmetric.
+  weights = lowpass_mask(size, cutoff, mask).astype(np.float32)
+  consts = (gm_bases(seed, size), jnp.asarray(weights))
   return render_indexed(_hybrid_per_image, stream_key(seed, STREAM_HYBRID),
                         indices, low_sources, consts=consts,
                         batch_size=batch_size)

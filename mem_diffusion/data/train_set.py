@@ -116,6 +116,9 @@ def validate_data_config(data_cfg) -> None:
     raise ValueError(f"data.num_dummy={c.num_dummy} needs a data.dummy_kind")
   if not 0.0 < c.hybrid_cutoff <= 1.0:
     raise ValueError(f"data.hybrid_cutoff={c.hybrid_cutoff} must be in (0, 1]")
+  if c.hybrid_mask not in generators.HYBRID_MASKS:
+    raise ValueError(f"data.hybrid_mask={c.hybrid_mask!r}: expected one of "
+                     f"{generators.HYBRID_MASKS}")
   if c.sampling not in SAMPLING:
     raise ValueError(f"data.sampling={c.sampling!r}: expected one of {SAMPLING}")
   if c.sampling == "balanced":
@@ -216,7 +219,7 @@ def build_train_set(data_cfg, *, gen_batch_size: int = generators.DEFAULT_GEN_BA
       dummies = geometric.geometric_images(c.seed, ids, size, batch_size=gen_batch_size)
     elif c.dummy_kind == "hybrid":
       dummies = generators.hybrid_images(c.seed, ids, cars, c.hybrid_cutoff,
-                                         batch_size=gen_batch_size)
+                                         mask=c.hybrid_mask, batch_size=gen_batch_size)
     else:  # cars
       dummies = cars
     images.append(dummies)

@@ -271,10 +271,23 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"({num_devices}) x training.grad_accum_steps ({a})")
 
 
+# Keys added after workdirs existed, with the value that reproduces what a
+# workdir recorded before the key (so an old run still resumes unchanged).
+LEGACY_DEFAULTS = {
+    "data.hybrid_mask": "corner_radius",
+}
+
+
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]
                    ) -> tuple[list[str], list[str]]:
-  """(unsafe, safe) lists of flattened keys whose values differ."""
+  """(unsafe, safe) lists of flattened keys whose values differ.
+
+  A key missing from `old` (a config recorded before the key existed)
+  counts as its LEGACY_DEFAULTS value.
+  """
   old_flat, new_flat = flatten(old), flatten(new)
+  for key, value in LEGACY_DEFAULTS.items():
+    old_flat.setdefault(key, value)
   changed = sorted(k for k in set(old_flat) | set(new_flat)
                    if old_flat.get(k, _MISSING) != new_flat.get(k, _MISSING))
   safe = [k for k in changed if is_safe_change(k)]

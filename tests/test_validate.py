@@ -127,3 +127,15 @@ def test_guard_lists_unsafe_changes_and_accepts_safe_ones():
   assert "training.batch_size: 8 -> 16" in message
   assert "model.num_res_blocks: 1 -> 2" in message
   assert "training.num_steps: " not in message
+
+
+def test_config_recorded_before_a_key_existed_counts_as_its_legacy_value():
+  """A workdir made before data.hybrid_mask existed built hybrids by corner radius."""
+  from configs import default
+  config = default.get_config("tiny")
+  old = config.to_dict()
+  del old["data"]["hybrid_mask"]
+  config.data.hybrid_mask = "corner_radius"
+  assert validate.config_changes(old, config.to_dict()) == ([], [])
+  config.data.hybrid_mask = "bin_fraction"
+  assert validate.config_changes(old, config.to_dict())[0] == ["data.hybrid_mask"]

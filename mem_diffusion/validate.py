@@ -32,7 +32,7 @@ from mem_diffusion.diffusion import config_rules as diffusion_rules
 from mem_diffusion.errors import ConfigError  # re-exported for callers
 from mem_diffusion.models import config_rules as model_rules
 
-__all__ = ["ConfigError", "SAFE_TO_CHANGE", "check_devices", "config_changes", "flatten",
+__all__ = ["ConfigError", "SAFE_TO_CHANGE", "all_limits", "check_devices", "config_changes", "flatten",
            "guard_workdir_config", "is_safe_change", "validate_config"]
 
 # Keys that may change between a run and its resumption without changing what
@@ -55,6 +55,13 @@ SAFE_TO_CHANGE = (
 TOP_LEVEL_LIMITS = (
     config_checks.int_in("seed", 0, config_checks.MAX_SEED, config_checks.SEED_WHY),
 )
+
+
+def all_limits() -> tuple[config_checks.Limit, ...]:
+  """Every per-key limit of every section (docs/reliability.md lists them)."""
+  return (TOP_LEVEL_LIMITS + data_rules.LIMITS + model_rules.LIMITS + diffusion_rules.LIMITS
+          + stage_rules.TRAINING_LIMITS + stage_rules.SAMPLING_LIMITS
+          + stage_rules.EVAL_LIMITS)
 
 
 def _type_ok(value: Any, ref: Any) -> bool:

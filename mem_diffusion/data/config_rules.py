@@ -30,7 +30,7 @@ LIMITS = (
     int_in("data.num_original", 1, MAX_IMAGES, "the train set is held in host memory"),
     int_in("data.num_dummy", 0, MAX_IMAGES, "the train set is held in host memory"),
     int_in("data.image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE,
-           "a UNet level needs >= 1 pixel; larger images aborted XLA"),
+           "each UNet level halves it; absurd sizes aborted XLA (SIGABRT)"),
     int_in("data.seed", 0, MAX_SEED, SEED_WHY),
     real_in("data.hybrid_cutoff", 0.0, 1.0, "fraction of the radial spectrum kept from the "
             "car; 1 keeps the whole car", open_lo=True),

@@ -130,18 +130,11 @@ def _check_across_sections(config: ml_collections.ConfigDict) -> None:
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Checks that the training and sampling batches split over the devices.
-
-  Run when the mesh is known, before training: a sampling batch that cannot
-  split would otherwise only fail after training has finished.
-  """
+  """Checks that the global batch splits over devices and micro-batches."""
   b, a = config.training.batch_size, config.training.grad_accum_steps
   require(b % (num_devices * a) == 0,
           f"training.batch_size={b} must be divisible by the number of devices "
           f"({num_devices}) x training.grad_accum_steps ({a})")
-  s = config.sampling.batch_size
-  require(s % num_devices == 0, f"sampling.batch_size={s} must be divisible by the number "
-          f"of devices ({num_devices})")
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]

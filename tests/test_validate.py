@@ -132,13 +132,6 @@ def test_guard_lists_unsafe_changes_and_accepts_safe_ones():
   assert "training.num_steps: " not in message
 
 
-def test_sampling_batch_must_split_over_devices():
-  config = th.micro_config(sampling__batch_size=6)
-  validate.check_devices(config, 2)
-  with pytest.raises(validate.ConfigError, match=r"sampling\.batch_size=6 .*devices \(4\)"):
-    validate.check_devices(config, 4)
-
-
 # ----------------------------------------------------------------------------
 # Limits (docs/reliability.md, "Config limits"): each bound is accepted on its
 # edge and refused one step past it.

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from mem_diffusion.config_checks import check_section, int_in, one_of, real_in, require
 from mem_diffusion.models.layers import NUM_GROUPS
+
 # float16 is left out: the reference needs loss scaling for it, which train.py
 # does not do; bfloat16 keeps float32's exponent range.
 COMPUTE_DTYPES = ("float32", "bfloat16")

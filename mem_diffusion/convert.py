@@ -15,10 +15,8 @@ CLI (converts a released checkpoint into a params file the sampler loads):
 """
 
 import argparse
-import importlib.util
 import json
 import os
-import sys
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -27,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mem_diffusion.config_loading import load_config
 from mem_diffusion.models import UNet, unet_from_config
 
 Params = Dict[str, Any]
@@ -177,20 +176,6 @@ def load_params(path: str) -> Params:
 def save_params(params: Params, path: str) -> None:
   with open(path, "wb") as f:
     f.write(flax.serialization.msgpack_serialize(params))
-
-
-def load_config(spec: str):
-  """'path/to/file.py[:arg]' -> get_config(arg), as ml_collections' config flags."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ValueError(f"config file {path!r} not found")
-  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if repo_root not in sys.path:
-    sys.path.insert(0, repo_root)  # lets experiment files import configs.default
-  spec_obj = importlib.util.spec_from_file_location("_convert_config", path)
-  module = importlib.util.module_from_spec(spec_obj)
-  spec_obj.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def _read_pt(path: str) -> Dict[str, np.ndarray]:

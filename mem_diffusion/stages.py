@@ -179,6 +179,24 @@ def _up_to_date(record_path: str, outputs: Sequence[str], fingerprint: dict[str,
   return False
 
 
+def is_complete(config: ml_collections.ConfigDict, workdir: str, stage: str) -> bool:
+  """Whether `stage`'s outputs in `workdir` are what `config` would produce now."""
+  wd = Workdir(workdir)
+  if stage == "train":
+    summary = _read_json(wd.train_summary) or {}
+    return summary.get("step") == config.training.num_steps and wd.has_checkpoints()
+  if stage == "sample":
+    record_path, fingerprint = wd.samples_record, sample_fingerprint(config, wd)
+    outputs = [wd.samples_npz(config.sampling.num_samples, config.data.image_size)]
+  elif stage == "eval":
+    record_path, fingerprint, outputs = wd.eval_record, eval_fingerprint(config, wd), [
+        wd.report_json]
+  else:
+    raise errors.ConfigError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+  record = _read_json(record_path) or {}
+  return record.get("fingerprint") == fingerprint and all(map(os.path.exists, outputs))
+
+
 def _remove(paths: Sequence[str]) -> None:
   if not _is_lead():
     return
@@ -191,9 +209,8 @@ def _remove(paths: Sequence[str]) -> None:
 # The stages.
 
 def _train(config: ml_collections.ConfigDict, wd: Workdir) -> None:
-  summary = _read_json(wd.train_summary)
-  if summary and summary.get("step") == config.training.num_steps and wd.has_checkpoints():
-    _say(f"train: complete at step {summary['step']} (skipped)")
+  if is_complete(config, wd.root, "train"):
+    _say(f"train: complete at step {config.training.num_steps} (skipped)")
     return
   from mem_diffusion import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(config, wd.root)

@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from mem_diffusion import errors
+from mem_diffusion.config_loading import apply_override, load_config
 
 # The CPU study (issue 6): (a) capacity curve, (b) a memorized set plus GM
 # dummies with 'uniform' and 'balanced' batches, (c) geometric dummies.
@@ -96,44 +97,6 @@ def split_specs(values: Sequence[str]) -> list[str]:
   return specs
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """'path/to/file.py[:arg]' -> get_config(arg)."""
-  from mem_diffusion import convert  # pylint: disable=g-import-not-at-top
-  return convert.load_config(spec)
-
-
-def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
-  """'a.b=value' with the value parsed to the type of the existing key."""
-  key, sep, raw = assignment.partition("=")
-  if not sep:
-    raise errors.ConfigError(f"--set {assignment!r}: expected key=value")
-  *parents, leaf = key.split(".")
-  node = config
-  for p in parents:
-    if p not in node:
-      raise errors.ConfigError(f"--set {assignment!r}: no config section {p!r}")
-    node = node[p]
-  if leaf not in node:
-    raise errors.ConfigError(f"--set {assignment!r}: unknown config key {key!r}")
-  old = node[leaf]
-  try:
-    if isinstance(old, bool):
-      if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
-        raise ValueError(raw)
-      value: Any = raw.lower() in ("1", "true", "yes")
-    elif isinstance(old, int):
-      value = int(raw)
-    elif isinstance(old, float):
-      value = float(raw)
-    elif isinstance(old, tuple):
-      kind = type(old[0]) if old else int
-      value = tuple(kind(v) for v in raw.split(",") if v)
-    else:
-      value = raw
-  except ValueError:
-    raise errors.ConfigError(f"--set {assignment!r}: {raw!r} is not a valid {type(old).__name__} "
-                     f"for {key}") from None
-  node[leaf] = value
 
 
 def row(spec: str, config: ml_collections.ConfigDict, seed: int, workdir: str,

@@ -19,7 +19,7 @@ def _main(args, env=None, timeout=120):
     (["--config=configs/gm_2k.py:tiny", "--config.training.nope=1"],
      "error: unknown config key 'nope' in --config.training.nope"),
     (["--config=configs/gm_2k.py:tiny", "--config.training.batch_size=-4"],
-     "error: training.batch_size=-4: expected an integer >= 1"),
+     "error: training.batch_size=-4: expected an integer in 1..65536"),
     (["--config=configs/gm_2k.py:tiny", "--config.diffusion.loss=l1"],
      "error: diffusion.loss='l1': expected one of"),
     (["--config=configs/capacity.py:big"], "error: ValueError: configs/capacity.py: unknown config argument 'big'"),

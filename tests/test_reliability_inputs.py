@@ -78,6 +78,33 @@ BAD_CONFIGS = [
     ("cars_dummy_with_mondrian", dict(data__dummy_kind="hybrid", data__num_dummy=8),
      "data.dummy_kind"),
     ("unknown_dtype", dict(model__compute_dtype="float16"), "model.compute_dtype"),
+    # Limits (docs/reliability.md, "Config limits"); the edges are in test_validate.py.
+    ("chain_too_long_to_build", dict(diffusion__steps=10**12), "diffusion.steps"),
+    ("image_size_absurd", dict(data__image_size=2**16), "data.image_size"),
+    ("image_size_too_small_for_levels", dict(model__channel_mult=(1, 1, 1, 1, 1)),
+     "data.image_size=8 is not divisible by 2**(len(channel_mult)-1)=16"),
+    ("too_many_levels", dict(data__image_size=512, model__channel_mult=(1,) * 8),
+     "model.channel_mult"),
+    ("zero_heads", dict(model__num_heads=0), "model.num_heads"),
+    ("heads_not_dividing_attention_channels",
+     dict(model__channel_mult=(1, 2), model__attention_resolutions=(4,), model__num_heads=3),
+     "model.num_heads=3 does not divide 64"),
+    ("seed_beyond_64_bits", dict(seed=2**64), "seed="),
+    ("seed_beyond_32_bits", dict(seed=2**32), "seed="),
+    ("data_seed_negative", dict(data__seed=-1), "data.seed"),
+    ("sampling_seed_too_large", dict(sampling__seed=2**40), "sampling.seed"),
+    ("zero_train_steps", dict(training__num_steps=0), "training.num_steps"),
+    ("infinite_learning_rate", dict(training__learning_rate=float("inf")),
+     "training.learning_rate"),
+    ("ema_decay_one", dict(training__ema_decay=1.0), "training.ema_decay"),
+    ("negative_dropout", dict(model__dropout=-0.1), "model.dropout"),
+    ("ddim_eta_above_one", dict(sampling__eta=1.5), "sampling.eta"),
+    ("zero_sampling_batch", dict(sampling__batch_size=0), "sampling.batch_size"),
+    ("too_many_samples", dict(sampling__num_samples=10**7), "sampling.num_samples"),
+    ("hybrid_cutoff_zero", dict(data__hybrid_cutoff=0.0), "data.hybrid_cutoff"),
+    ("train_set_beyond_host_memory", dict(data__image_size=512, data__num_original=200_000),
+     "GiB of host memory"),
+    ("zero_heldout", dict(eval__num_heldout=0), "eval.num_heldout"),
 ]
 
 
@@ -87,8 +114,11 @@ def _config(changes):
   import ml_collections  # pylint: disable=g-import-not-at-top
   d = th.micro_config().to_dict()
   for key, value in changes.items():
-    section, name = key.split("__")
-    d[section][name] = value
+    if "__" in key:
+      section, name = key.split("__")
+      d[section][name] = value
+    else:  # a top-level key such as seed
+      d[key] = value
   return ml_collections.ConfigDict(d)
 
 
@@ -256,8 +286,7 @@ def test_nothing_in_the_package_unpickles():
 # Eval killed midway: report.json is written last, so a rerun redoes it.
 
 def test_partial_eval_is_redone_and_matches_a_clean_one(tmp_path):
-  import main  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import data  # pylint: disable=g-import-not-at-top
+  from mem_diffusion import data, stages  # pylint: disable=g-import-not-at-top,g-multiple-import
   config = th.micro_config()
   config.eval.num_heldout = 8
   images = data.heldout_images(config.data, 8 + 12)[8:]
@@ -273,9 +302,8 @@ def test_partial_eval_is_redone_and_matches_a_clean_one(tmp_path):
       for f in ("per_sample.npz", "nearest_neighbors.png", ".tmp_x.json"):
         with open(os.path.join(eval_dir, f), "wb") as fh:
           fh.write(b"half-written")
-      assert not main._done(workdir, "eval")  # pylint: disable=protected-access
+      assert not stages.is_complete(config, workdir, "eval")
     evaluate.evaluate_workdir(config, workdir)
-    assert main._done(workdir, "eval")  # pylint: disable=protected-access
     with open(os.path.join(workdir, "eval", "report.json")) as f:
       report = json.load(f)
     reports.append({k: v for k, v in report.items()

@@ -3,6 +3,9 @@
 import glob
 import importlib
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -127,6 +130,234 @@ def test_guard_lists_unsafe_changes_and_accepts_safe_ones():
   assert "training.batch_size: 8 -> 16" in message
   assert "model.num_res_blocks: 1 -> 2" in message
   assert "training.num_steps: " not in message
+
+
+# ----------------------------------------------------------------------------
+# Limits (docs/reliability.md, "Config limits"): each bound is accepted on its
+# edge and refused one step past it.
+
+# (key, values accepted, values refused); the micro config is 8x8 Mondrian
+# with a one-level 32-channel UNet, unconditional.
+LIMIT_CASES = [
+    ("seed", [0, 2**32 - 1], [-1, 2**32, 2**64]),
+    ("data.seed", [0, 2**32 - 1], [-1, 2**32]),
+    ("sampling.seed", [0, 2**32 - 1], [-1, 2**32]),
+    ("diffusion.steps", [2, 100_000], [1, 100_001, 10**12]),
+    ("data.image_size", [8, 512], [7, 513, 2**20]),
+    ("data.num_original", [1, 1_000_000], [0, 1_000_001]),
+    ("data.hybrid_cutoff", [1e-6, 1.0], [0.0, 1.01, float("nan")]),
+    ("data.original_share", [0.001, 0.999], [0.0, 1.0]),
+    ("model.model_channels", [32, 1024], [0, 48, 1056]),
+    ("model.num_res_blocks", [1, 16], [0, 17]),
+    ("model.num_heads", [1, 1024], [0, -2, 1025]),
+    ("model.dropout", [0.0, 0.999], [-0.1, 1.0]),
+    ("model.num_classes", [0, 1000], [1, -1, 1001]),
+    ("model.channel_mult", [(1, 1, 1, 1), (8,)], [(1, 1, 1, 1, 1), (0,), (9,), ()]),
+    ("training.num_steps", [1, 100_000_000], [0, -3, 100_000_001]),
+    ("training.batch_size", [8, 65_536], [0, 65_544]),
+    ("training.learning_rate", [1e-8, 1.0], [0.0, -1e-4, 1.5, float("inf"), float("nan")]),
+    ("training.weight_decay", [0.0, 1.0], [-0.1, 1.5, float("inf")]),
+    ("training.ema_decay", [0.0, 0.99999], [-0.1, 1.0, 1.5]),
+    ("training.grad_accum_steps", [1, 8], [0, 3, 16]),
+    ("training.keep_checkpoints", [1, 1000], [0, 1001]),
+    ("training.log_every", [1, 10**9], [0]),
+    ("training.sample_grid_every", [0, 5], [-1]),
+    ("training.grid_num_samples", [1, 1024], [0, 1025]),
+    ("sampling.num_samples", [1, 1_000_000], [0, 1_000_001]),
+    ("sampling.batch_size", [1, 65_536], [0, 65_537]),
+    ("sampling.eta", [0.0, 1.0], [-0.1, 1.01]),
+    ("sampling.label", [0, 999], [-1, 1000]),
+    ("eval.ratio_threshold", [0.01, 0.99], [0.0, 1.0]),
+    ("eval.blend_k", [0, 2, 1000], [-1, 1, 1001]),
+    ("eval.num_heldout", [1, 100_000], [0, 100_001]),
+]
+
+
+def _set(config, key, value):
+  section, _, name = key.rpartition(".")
+  (config[section] if section else config)[name] = value
+  return config
+
+
+@pytest.mark.parametrize("key,good,bad", LIMIT_CASES, ids=[c[0] for c in LIMIT_CASES])
+def test_limits_accept_the_edge_and_refuse_past_it(key, good, bad):
+  for value in good:
+    validate.validate_config(_set(th.micro_config(), key, value))
+  for value in bad:
+    with pytest.raises(validate.ConfigError) as e:
+      validate.validate_config(_set(th.micro_config(), key, value))
+    message = str(e.value)
+    assert "\n" not in message and key.rpartition(".")[2] in message, (value, message)
+
+
+def test_attention_levels_need_heads_that_divide_their_channels():
+  # 8x8 images, two levels of 32 and 64 channels, attention at 4x4 (64 channels).
+  config = th.micro_config(model__channel_mult=(1, 2), model__attention_resolutions=(4,))
+  for heads in (1, 2, 64):
+    validate.validate_config(_set(config, "model.num_heads", heads))
+  with pytest.raises(validate.ConfigError, match=r"model\.num_heads=3 does not divide 64"):
+    validate.validate_config(_set(config, "model.num_heads", 3))
+
+
+def test_train_set_must_fit_in_host_memory():
+  config = th.micro_config(data__image_size=512, data__num_original=100_000)
+  with pytest.raises(validate.ConfigError, match=r"data\.num_original.*73 GiB"):
+    validate.validate_config(config)
+
+
+def test_cifar_classes_counts_are_bounded_by_the_class_size():
+  config = th.micro_config(data__dataset="cifar_classes", data__classes=(1, 9),
+                           data__class_counts=(6000, 1), data__image_size=16,
+                           model__num_classes=2)
+  validate.validate_config(config)
+  config.data.class_counts = (6001, 1)
+  with pytest.raises(validate.ConfigError, match=r"data\.class_counts=\(6001, 1\)"):
+    validate.validate_config(config)
+
+
+def test_every_numeric_key_has_a_limit_and_a_docs_row():
+  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
+  limited = {l.key for l in validate.all_limits()}
+  numeric = {k for k, v in config_loading.schema().items()
+             if (isinstance(v, (int, float)) and not isinstance(v, bool))
+             or (isinstance(v, list) and all(isinstance(x, int) for x in v))}
+  assert numeric - limited == set()
+  assert limited <= set(config_loading.schema())
+  with open(os.path.join(th.REPO, "docs", "reliability.md")) as f:
+    docs = f.read().split("## Config limits", 1)[1].split("\n## ", 1)[0]
+  rows = {line.split("|")[1].strip().strip("`"): line for line in docs.splitlines()
+          if line.startswith("| `")}
+  for limit in validate.all_limits():
+    assert limit.key in rows, f"docs/reliability.md has no row for {limit.key}"
+    assert limit.allowed() in rows[limit.key], (limit.allowed(), rows[limit.key])
+
+
+def test_validation_is_repeatable_and_leaves_the_config_alone():
+  config = th.micro_config()
+  before = config.to_json()
+  for _ in range(3):
+    validate.validate_config(config)
+  assert config.to_json() == before
+
+
+def test_canonical_lists_have_one_owner():
+  from mem_diffusion.data import config_rules as data_rules, train_set  # pylint: disable=g-multiple-import,g-import-not-at-top
+  from mem_diffusion.diffusion import config_rules as diffusion_rules, gaussian, schedules, timestep_samplers  # pylint: disable=g-multiple-import,g-import-not-at-top
+  from mem_diffusion.models import config_rules as model_rules, layers, unet  # pylint: disable=g-multiple-import,g-import-not-at-top
+  assert train_set.DATASETS is data_rules.DATASETS
+  assert train_set.DUMMY_KINDS is data_rules.DUMMY_KINDS
+  assert train_set.SAMPLING is data_rules.SAMPLING
+  assert diffusion_rules.SCHEDULES is schedules.SCHEDULES
+  assert diffusion_rules.LOSS_TYPES is gaussian.LOSS_TYPES
+  assert diffusion_rules.TIMESTEP_SAMPLERS is timestep_samplers.NAMES
+  assert model_rules.NUM_GROUPS is layers.NUM_GROUPS
+  assert tuple(unet._DTYPES) == model_rules.COMPUTE_DTYPES  # pylint: disable=protected-access
+  # validate.py keeps no copy of a component's list.
+  assert not {"DATASETS", "DUMMY_KINDS", "SCHEDULES", "LOSSES", "COMPUTE_DTYPES",
+              "TIMESTEP_SAMPLERS", "DATA_SAMPLING"} & set(vars(validate))
+
+
+def test_only_the_loader_imports_configs():
+  offenders = []
+  for root, _, files in os.walk(os.path.join(th.REPO, "mem_diffusion")):
+    for f in files:
+      if f.endswith(".py") and f != "config_loading.py":
+        for i, line in enumerate(open(os.path.join(root, f)), 1):
+          if re.match(r"\s*(from configs\b|import configs\b)", line):
+            offenders.append(f"{f}:{i}")
+  assert not offenders, offenders
+
+
+# ----------------------------------------------------------------------------
+# The schema and the loader.
+
+@pytest.fixture
+def fresh_schema():
+  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
+  config_loading.schema.cache_clear()
+  yield config_loading
+  config_loading.schema.cache_clear()
+
+
+def test_missing_schema_is_an_error_not_a_skip(fresh_schema, monkeypatch, tmp_path):
+  monkeypatch.setattr(fresh_schema, "SCHEMA_FILE", str(tmp_path / "configs" / "default.py"))
+  with pytest.raises(validate.ConfigError, match="config schema .*default.py is missing"):
+    validate.validate_config(th.micro_config())
+
+
+def test_broken_schema_is_an_error(fresh_schema, monkeypatch, tmp_path):
+  path = tmp_path / "default.py"
+  path.write_text("def get_config(arg=''):\n  raise RuntimeError('schema broke')\n")
+  monkeypatch.setattr(fresh_schema, "SCHEMA_FILE", str(path))
+  with pytest.raises(validate.ConfigError,
+                     match="schema cannot be loaded: .*RuntimeError: schema broke"):
+    validate.validate_config(th.micro_config())
+
+
+@pytest.mark.parametrize("source,needle", [
+    (None, "config file '{path}' not found"),
+    ("x = 1\n", "defines no get_config() function"),
+    ("def get_config(arg=''):\n  raise ValueError('first line\\nunknown argument ' + arg)\n",
+     "get_config('huge') failed (ValueError: unknown argument huge)"),
+    ("def get_config(arg=''):\n  return {'a': 1}\n", "returned dict, not an ml_collections"),
+    ("def get_config(:\n", "failed to import (SyntaxError"),
+    ("import no_such_module_here\n", "failed to import (ModuleNotFoundError"),
+], ids=["missing", "no_get_config", "get_config_raises", "not_a_configdict", "syntax",
+        "import_error"])
+def test_loader_errors_are_one_line(source, needle, tmp_path):
+  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "exp.py"
+  if source is not None:
+    path.write_text(source)
+  with pytest.raises(validate.ConfigError) as e:
+    config_loading.load_config(f"{path}:huge")
+  message = str(e.value)
+  assert "\n" not in message and needle.format(path=path) in message, message
+
+
+def test_loader_reads_experiment_files_and_arguments():
+  from mem_diffusion import config_loading, convert, sweep  # pylint: disable=g-multiple-import,g-import-not-at-top
+  config = config_loading.load_config(os.path.join(th.REPO, "configs", "gm_2k.py:tiny"))
+  assert (config.data.num_dummy, config.data.image_size) == (200, 16)
+  with pytest.raises(validate.ConfigError, match="unknown config argument 'huge'"):
+    config_loading.load_config(os.path.join(th.REPO, "configs", "gm_2k.py:huge"))
+  # The CLIs keep their names for the same functions.
+  assert convert.load_config is sweep.load_config is config_loading.load_config
+  assert sweep.apply_override is config_loading.apply_override
+
+
+def test_override_errors_are_config_errors():
+  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
+  config = th.micro_config()
+  config_loading.apply_override(config, "model.channel_mult=1,2")
+  assert config.model.channel_mult == (1, 2)
+  for bad, needle in [("training.nope=1", "unknown config key 'training.nope'"),
+                      ("nosection.x=1", "no config section 'nosection'"),
+                      ("data.hflip=maybe", "not a valid bool"),
+                      ("seed", "expected key=value")]:
+    with pytest.raises(validate.ConfigError, match=re.escape(needle)):
+      config_loading.apply_override(config, bad)
+
+
+def test_validation_does_not_import_tensorflow():
+  """The data rules run in a process that never loads TensorFlow."""
+  code = "\n".join([
+      "import sys",
+      "from mem_diffusion import config_loading, validate",
+      "config = config_loading.load_config('configs/cars_2k_gm_14k.py')",
+      "validate.validate_config(config)",
+      "config.data.image_size = 12",
+      "try:",
+      "  validate.validate_config(config)",
+      "except validate.ConfigError as e:",
+      "  print('refused:', e)",
+      "print('tensorflow loaded:', any(m.split('.')[0] == 'tensorflow' for m in sys.modules))",
+  ])
+  r = subprocess.run([sys.executable, "-c", code], cwd=th.REPO, env=th.subprocess_env(1),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "refused: data.image_size=12 must divide 32" in r.stdout, r.stdout
+  assert "tensorflow loaded: False" in r.stdout, r.stdout
 
 
 def test_config_recorded_before_a_key_existed_counts_as_its_legacy_value():

@@ -5,27 +5,39 @@
 - `make_dataset(train_set, data_cfg, *, global_batch_size, seed, start_step,
   num_steps, process_index=0, process_count=1)`: the resumable tf.data pipeline.
 - `heldout_images(data_cfg, n)`: original-class images outside the train set.
+- `validate_data_config(data_cfg)`, `num_classes(data_cfg)`: the data section's
+  rules (mem_diffusion.data.config_rules, importable without TensorFlow).
+
+The names are resolved on first use (PEP 562): importing a submodule such as
+mem_diffusion.data.config_rules must not load TensorFlow through this file.
 """
 
-from mem_diffusion.data.pipeline import BatchPlanner, make_dataset
-from mem_diffusion.data.train_set import (
-    TrainSet,
-    build_train_set,
-    heldout_available,
-    heldout_images,
-    num_classes,
-    validate_data_config,
-    write_manifest,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BatchPlanner",
-    "TrainSet",
-    "build_train_set",
-    "heldout_available",
-    "heldout_images",
-    "make_dataset",
-    "num_classes",
-    "validate_data_config",
-    "write_manifest",
-]
+import importlib
+
+_EXPORTS = {
+    "BatchPlanner": "pipeline",
+    "make_dataset": "pipeline",
+    "TrainSet": "train_set",
+    "build_train_set": "train_set",
+    "heldout_available": "train_set",
+    "heldout_images": "train_set",
+    "write_manifest": "train_set",
+    "num_classes": "config_rules",
+    "validate_data_config": "config_rules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+  globals()[name] = value  # later lookups skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_EXPORTS))

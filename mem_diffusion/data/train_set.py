@@ -22,11 +22,16 @@ from typing import Any
 import numpy as np
 
 from mem_diffusion.data import cifar, generators, geometric, mondrian
-
-DATASETS = ("cifar_cars", "mondrian", "cifar_classes")
-DUMMY_KINDS = ("", "gm", "hybrid", "cars", "geometric")
-SAMPLING = ("uniform", "balanced")
-_CAR_BASED_DUMMIES = ("hybrid", "cars")
+# The data section's rules and lists live in config_rules (importable without
+# TensorFlow); they are re-exported here for callers of this module.
+from mem_diffusion.data.config_rules import (  # pylint: disable=unused-import
+    CAR_BASED_DUMMIES,
+    DATASETS,
+    DUMMY_KINDS,
+    SAMPLING,
+    num_classes,
+    validate_data_config,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,73 +92,6 @@ def _cfg_dict(data_cfg) -> dict:
   return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(d.items())}
 
 
-def num_classes(data_cfg) -> int:
-  """Labels the train set uses (1 = single class: train unconditionally)."""
-  if data_cfg.dataset == "cifar_classes":
-    base = len(tuple(data_cfg.classes))
-  else:
-    base = 1
-  return base + (1 if data_cfg.dummy_kind not in ("", "cars") else 0)
-
-
-def validate_data_config(data_cfg) -> None:
-  """Raises ValueError naming the first bad `data.*` key; loads nothing."""
-  c = data_cfg
-  if c.dataset not in DATASETS:
-    raise ValueError(f"data.dataset={c.dataset!r}: expected one of {DATASETS}")
-  if c.dummy_kind not in DUMMY_KINDS:
-    raise ValueError(f"data.dummy_kind={c.dummy_kind!r}: expected one of {DUMMY_KINDS}")
-  if not isinstance(c.image_size, int) or c.image_size <= 0:
-    raise ValueError(f"data.image_size={c.image_size!r} must be a positive int")
-  uses_cifar = c.dataset != "mondrian" or c.dummy_kind in _CAR_BASED_DUMMIES
-  if uses_cifar and cifar.CIFAR_SIZE % c.image_size:
-    raise ValueError(f"data.image_size={c.image_size} must divide 32 with CIFAR images")
-  if c.num_dummy < 0:
-    raise ValueError(f"data.num_dummy={c.num_dummy} must be >= 0")
-  if c.dummy_kind and c.num_dummy == 0:
-    raise ValueError(f"data.dummy_kind={c.dummy_kind!r} needs data.num_dummy > 0")
-  if not c.dummy_kind and c.num_dummy:
-    raise ValueError(f"data.num_dummy={c.num_dummy} needs a data.dummy_kind")
-  if not 0.0 < c.hybrid_cutoff <= 1.0:
-    raise ValueError(f"data.hybrid_cutoff={c.hybrid_cutoff} must be in (0, 1]")
-  if c.hybrid_mask not in generators.HYBRID_MASKS:
-    raise ValueError(f"data.hybrid_mask={c.hybrid_mask!r}: expected one of "
-                     f"{generators.HYBRID_MASKS}")
-  if c.sampling not in SAMPLING:
-    raise ValueError(f"data.sampling={c.sampling!r}: expected one of {SAMPLING}")
-  if c.sampling == "balanced":
-    if not 0.0 < c.original_share < 1.0:
-      raise ValueError(f"data.original_share={c.original_share} must be in (0, 1)")
-    if not c.num_dummy:
-      raise ValueError("data.sampling='balanced' needs dummies (data.num_dummy > 0)")
-  if c.dummy_kind in _CAR_BASED_DUMMIES and c.dataset != "cifar_cars":
-    raise ValueError(f"data.dummy_kind={c.dummy_kind!r} takes its cars from the pool "
-                     f"of data.dataset='cifar_cars', not {c.dataset!r}")
-  if c.dataset == "cifar_classes":
-    classes, counts = tuple(c.classes), tuple(c.class_counts)
-    if len(classes) != len(counts) or not classes:
-      raise ValueError(f"data.classes {classes} and data.class_counts {counts} "
-                       "must be non-empty and of the same length")
-    if len(set(classes)) != len(classes) or any(
-        not 0 <= int(k) < cifar.NUM_CLASSES for k in classes):
-      raise ValueError(f"data.classes={classes}: distinct CIFAR-10 ids in 0..9")
-    for k, n in zip(classes, counts):
-      if not 0 < n <= cifar.PER_CLASS:
-        raise ValueError(f"data.class_counts: {n} for class {k} must be in "
-                         f"1..{cifar.PER_CLASS}")
-  else:
-    limit = cifar.PER_CLASS if c.dataset == "cifar_cars" else 2**31
-    if not 0 < c.num_original <= limit:
-      raise ValueError(f"data.num_original={c.num_original} must be in 1..{limit}")
-  if c.dummy_kind in _CAR_BASED_DUMMIES:
-    pool = cifar.PER_CLASS - c.num_original
-    if c.num_dummy > pool:
-      raise ValueError(
-          f"data.num_dummy={c.num_dummy} {c.dummy_kind} dummies need that many pool "
-          f"cars, but the pool holds {pool} (6000 cars - data.num_original="
-          f"{c.num_original})")
-
-
 def _check_count(available: int, needed: int, what: str) -> None:
   if available < needed:
     raise ValueError(f"{what}: needed {needed} images but the data has only "
@@ -210,7 +148,7 @@ def build_train_set(data_cfg, *, gen_batch_size: int = generators.DEFAULT_GEN_BA
     dummy_label = num_classes(c) - 1 if c.dummy_kind != "cars" else 0
     ids = np.arange(nd, dtype=np.int64)
     cars = None
-    if c.dummy_kind in _CAR_BASED_DUMMIES:
+    if c.dummy_kind in CAR_BASED_DUMMIES:
       _check_count(len(pool_images), nd, "the car pool")
       cars = cifar.downscale(pool_images[:nd], size)
     if c.dummy_kind == "gm":
@@ -274,7 +212,7 @@ def heldout_images(data_cfg, n: int) -> np.ndarray:
   if c.dataset == "mondrian":
     return mondrian.mondrian_images(c.seed, np.arange(n), c.image_size, heldout=True)
   _, _, pool_images, _ = _cifar_part(c)
-  used = c.num_dummy if c.dummy_kind in _CAR_BASED_DUMMIES else 0
+  used = c.num_dummy if c.dummy_kind in CAR_BASED_DUMMIES else 0
   candidates = pool_images[used:]
   if c.dummy_kind == "hybrid":
     candidates = np.concatenate([candidates, pool_images[:used]])

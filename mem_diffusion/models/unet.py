@@ -18,8 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mem_diffusion.models import config_rules
 from mem_diffusion.models.layers import (Conv2d, Embed, GroupNorm32, Linear,
-                                         NUM_GROUPS, avg_pool_2x2,
+                                         avg_pool_2x2,
                                          timestep_embedding, upsample_nearest_2x)
 
 Dtype = Any
@@ -212,7 +213,7 @@ class UNet(nn.Module):
     return Conv2d(self.out_channels, zero_init=True, name="out_2")(h)
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = {name: getattr(jnp, name) for name in config_rules.COMPUTE_DTYPES}
 
 
 def unet_from_config(model_cfg: Mapping[str, Any], image_size: int) -> UNet:
@@ -220,59 +221,23 @@ def unet_from_config(model_cfg: Mapping[str, Any], image_size: int) -> UNet:
 
   Pixel attention resolutions become downsample rates (image_size // res);
   learned sigma gives 6 output channels; num_classes 0 is unconditional.
-  Settings the reference would silently ignore or crash on raise ValueError.
+  Settings the reference would silently ignore or crash on raise ConfigError
+  (a ValueError) from models/config_rules.py.
   """
-  def get(key):
-    try:
-      return model_cfg[key]
-    except KeyError:
-      raise ValueError(f"model.{key} is missing from the model config") from None
-
-  mult = tuple(int(m) for m in get("channel_mult"))
-  mc = int(get("model_channels"))
-  heads = int(get("num_heads"))
   image_size = int(image_size)
-  if not mult or any(m <= 0 for m in mult):
-    raise ValueError(f"model.channel_mult must be positive integers, got {mult}")
-  factor = 2 ** (len(mult) - 1)
-  if image_size <= 0 or image_size % factor:
-    raise ValueError(f"data.image_size={image_size} is not divisible by 2**(len(channel_mult)-1)"
-                     f"={factor} (model.channel_mult={mult})")
-  for m in sorted(set(mult)):
-    if (m * mc) % NUM_GROUPS:
-      raise ValueError(f"model.model_channels={mc} x channel_mult {m} = {m * mc} channels is not "
-                       f"divisible by the {NUM_GROUPS} GroupNorm groups")
-    if (m * mc) % heads:
-      raise ValueError(f"model.num_heads={heads} does not divide {m * mc} channels "
-                       f"(model_channels={mc} x channel_mult {m})")
-  reached = {image_size // 2 ** level: 2 ** level for level in range(len(mult))}
-  rates = []
-  for res in get("attention_resolutions"):
-    res = int(res)
-    if res not in reached:
-      raise ValueError(f"model.attention_resolutions contains {res}, a resolution the model never "
-                       f"reaches (image_size {image_size}, levels {sorted(reached, reverse=True)})")
-    rates.append(reached[res])
-  dtype_name = str(get("compute_dtype"))
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"model.compute_dtype={dtype_name!r}: expected one of {sorted(_DTYPES)}")
-  dropout = float(get("dropout"))
-  if not 0.0 <= dropout < 1.0:
-    raise ValueError(f"model.dropout={dropout} must be in [0, 1)")
-  num_classes = int(get("num_classes") or 0)
-  if num_classes < 0:
-    raise ValueError(f"model.num_classes={num_classes} must be >= 0")
+  config_rules.validate_model_config(model_cfg, image_size)
+  num_classes = int(model_cfg["num_classes"])
   return UNet(
       in_channels=3,
-      model_channels=mc,
-      out_channels=6 if get("learn_sigma") else 3,
-      num_res_blocks=int(get("num_res_blocks")),
-      attention_resolutions=tuple(sorted(set(rates))),
-      dropout=dropout,
-      channel_mult=mult,
-      conv_resample=bool(get("conv_resample")),
+      model_channels=int(model_cfg["model_channels"]),
+      out_channels=6 if model_cfg["learn_sigma"] else 3,
+      num_res_blocks=int(model_cfg["num_res_blocks"]),
+      attention_resolutions=config_rules.attention_rates(model_cfg, image_size),
+      dropout=float(model_cfg["dropout"]),
+      channel_mult=tuple(int(m) for m in model_cfg["channel_mult"]),
+      conv_resample=bool(model_cfg["conv_resample"]),
       num_classes=num_classes or None,
-      num_heads=heads,
-      use_scale_shift_norm=bool(get("use_scale_shift_norm")),
-      dtype=_DTYPES[dtype_name],
+      num_heads=int(model_cfg["num_heads"]),
+      use_scale_shift_norm=bool(model_cfg["use_scale_shift_norm"]),
+      dtype=_DTYPES[model_cfg["compute_dtype"]],
   )

@@ -43,7 +43,7 @@ from mem_diffusion import npz_io
 from mem_diffusion.blends import blend_partners, blend_projection
 # Re-exported: the nearest-neighbour search is part of this module's API.
 from mem_diffusion.neighbors import (  # pylint: disable=unused-import
-    DEFAULT_DUP_RMS, find_duplicates, nearest_k)
+    DEFAULT_DUP_RMS, find_duplicates, nearest_k, nearest_two)  # nearest_two: re-exported
 
 Z95 = 1.959963984540054
 

@@ -199,13 +199,22 @@ def distance_cdf_figure(curves: Sequence[tuple[str, np.ndarray]], path: str, *,
 
 def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str, *,
               errors: dict[str, Sequence[float]] | None = None, xlabel: str = "",
-              ylabel: str = "", title: str = "") -> None:
-  """Small line plot with optional error bars (one line per series)."""
+              ylabel: str = "", title: str = "", logx: bool = False,
+              hlines: Sequence[float] = ()) -> None:
+  """Small line plot with optional error bars (one line per series).
+
+  `hlines` draws thresholds (e.g. the 0.9 / 0.1 replicate ratios of the
+  capacity search) as dotted lines; `logx` for train-set sizes.
+  """
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(4.5, 3))
   for name, y in series.items():
     yerr = None if errors is None else errors.get(name)
     ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name)
+  for level in hlines:
+    ax.axhline(level, color="grey", linestyle=":", linewidth=1)
+  if logx:
+    ax.set_xscale("log")
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if title:

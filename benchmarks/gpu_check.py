@@ -16,17 +16,20 @@ the wall time of 100k training steps, of 4,000 samples (full 4000-step chain
 and 250 respaced steps) and of the seed study. Every timing is the best of
 several repeats after a warm-up. `<out_dir>/gpu_check.json` and
 `gpu_check.md` are rewritten after every phase, so a run cut short keeps what
-it measured. Expected wall time on one H100/H200-class GPU: 3-6 minutes.
+it measured. It is meant to finish within 8 minutes on one H100/H200-class
+GPU (compiles included); no GPU run has been timed yet.
 
 Batches are synthetic (float32 images in [-1, 1], NHWC, int32 labels, as the
 input pipeline delivers them), so neither TensorFlow nor the data modules are
 imported; the JSON records that (`tensorflow_imported`).
 
-Dependencies on this path: jax, flax, optax, orbax-checkpoint, chex, absl-py,
-numpy (and torch for the reference), plus ml-collections (the config and
-train modules) and PyYAML (imported by ml-collections). On a bare CUDA image
-without them, download the two wheels on a machine with PyPI access into the
-repository's ignored `.whl/` folder, which gpu_check.sh installs from:
+What this path imports (the JSON lists it, `requirement_modules_imported`):
+jax, flax, optax, orbax-checkpoint, absl-py, numpy (torch for the reference),
+and ml-collections (the config and train modules) with the PyYAML it imports.
+For a bare CUDA image without the last two, download their wheels on a
+machine with PyPI access into the repository's ignored `.whl/` folder;
+gpu_check.sh installs them from there (or, where pip refuses, imports them
+straight from the wheels):
 
   pip download --dest .whl --only-binary=:all: --no-deps \
     --python-version 3.12 --implementation cp --abi cp312 \

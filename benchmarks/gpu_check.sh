@@ -18,12 +18,17 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export XLA_FLAGS="${XLA_FLAGS:-}"
 
 PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c "import ml_collections, yaml" 2>/dev/null; then
-  if [ -d .whl ]; then
-    "$PYTHON" -m pip install --no-index --find-links .whl ml-collections PyYAML
-  else
-    echo "ml-collections / PyYAML missing and no .whl/ folder: see benchmarks/gpu_check.py" >&2
-    exit 2
+have_deps() { "$PYTHON" -c "import ml_collections, yaml" 2>/dev/null; }
+if ! have_deps && [ -d .whl ]; then
+  if ! "$PYTHON" -m pip install --no-index --find-links .whl ml-collections PyYAML; then
+    # pip refused (say, an externally managed system Python): both import
+    # straight from their wheels (PyYAML then uses its pure-Python parser).
+    PYTHONPATH="$(printf '%s:' "$PWD"/.whl/*.whl)${PYTHONPATH:-}"
+    export PYTHONPATH="${PYTHONPATH%:}"
   fi
+fi
+if ! have_deps; then
+  echo "error: ml-collections / PyYAML missing and not installable from .whl/ (see benchmarks/gpu_check.py)" >&2
+  exit 2
 fi
 exec "$PYTHON" benchmarks/gpu_check.py "$@"

@@ -11,7 +11,8 @@ that stands for the device's attainable peak (MFU = XLA's FLOP count of the
 step per second / that matmul's rate, both measured in this process). With
 `--reference_dir` naming an improved-diffusion checkout (a folder holding the
 `improved_diffusion` package) and PyTorch importable, it times the PyTorch
-reference built with the same settings beside it. From the rates it projects
+reference built with the same settings on the same device, in a child process
+(benchmarks/torch_reference.py). From the rates it projects
 the wall time of 100k training steps, of 4,000 samples (full 4000-step chain
 and 250 respaced steps) and of the seed study. Every timing is the best of
 several repeats after a warm-up. `<out_dir>/gpu_check.json` and
@@ -43,12 +44,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from typing import Any, Callable
 
-# Before JAX starts: a PyTorch reference shares the device in the same run,
-# so JAX must not take 75% of its memory up front.
+# Before JAX starts: the PyTorch reference (a child process) shares the
+# device, so JAX must not take 75% of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from absl import app  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -261,6 +263,20 @@ def modules_report() -> dict:
                                                  if m in sys.modules)}
 
 
+def run_reference(reference_dir: str, config, batch_size: int, repeats: int,
+                  iters: int) -> dict:
+  """The PyTorch reference's rates from benchmarks/torch_reference.py, in a child process."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+  settings = json.dumps({"config": config.to_dict(), "batch_size": batch_size,
+                         "repeats": repeats, "iters": iters})
+  proc = subprocess.run([sys.executable, script, reference_dir, settings],
+                        capture_output=True, text=True, check=False)
+  if proc.returncode:  # keep the JAX numbers; say why the reference is missing
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"torch_reference.py exited {proc.returncode}: {tail}"}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def markdown(r: dict) -> str:
   """The JSON as one table: rows are measurements, columns the compute dtype."""
   d, mm, ref = r["device"], r.get("matmul") or {}, r.get("reference") or {}
@@ -391,14 +407,7 @@ def main(argv):
   del state, batch
 
   if FLAGS.reference_dir:
-    try:
-      # torch only here: the JAX measurements never need it.
-      from torch_reference import reference_rates  # pylint: disable=g-import-not-at-top
-      result["reference"] = reference_rates(FLAGS.reference_dir, config, fwd_batch,
-                                            best_seconds=best_seconds, dtypes=DTYPES,
-                                            repeats=repeats, iters=iters)
-    except ImportError as e:  # no torch here: keep the JAX numbers
-      result["reference"] = {"error": f"{type(e).__name__}: {e}"}
+    result["reference"] = run_reference(FLAGS.reference_dir, config, fwd_batch, repeats, iters)
     ref = result["reference"]
     if "error" not in ref:
       ref["ratios"] = {

@@ -1,20 +1,44 @@
-"""The PyTorch reference of benchmarks/gpu_check.py, timed in the same process.
+"""The PyTorch reference of benchmarks/gpu_check.py, run as its child process.
 
-Kept apart so that gpu_check.py itself never needs torch: this module is
-imported only when --reference_dir is given.
+  python benchmarks/torch_reference.py REFERENCE_DIR SETTINGS_JSON   # prints one JSON line
+
+REFERENCE_DIR is an improved-diffusion checkout (the folder holding the
+`improved_diffusion` package); SETTINGS_JSON carries the config, batch size
+and repeat counts. A process of its own keeps PyTorch's CUDA libraries and
+caching allocator apart from JAX's (two builds of CUDA and cuDNN loaded into
+one process can clash), and torch out of gpu_check.py.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable
 
+import ml_collections
 import torch
 
+DTYPES = ("float32", "bfloat16")
 
-def reference_rates(reference_dir: str, config, batch_size: int, *,
-                    best_seconds: Callable[..., float], dtypes: Sequence[str], repeats: int,
+
+def best_seconds(run: Callable[[], Any], sync: Callable[[Any], Any], *, iters: int,
+                 repeats: int) -> float:
+  """gpu_check.best_seconds's rule: best of `repeats` loops of `iters` calls, after a warm-up."""
+  sync(run())
+  best = math.inf
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(iters):
+      out = run()
+    sync(out)
+    best = min(best, (time.perf_counter() - t0) / iters)
+  return best
+
+
+def reference_rates(reference_dir: str, config, batch_size: int, *, repeats: int,
                     iters: int) -> dict:
   """The PyTorch reference (improved-diffusion's UNetModel and diffusion) on this config.
 
@@ -58,7 +82,7 @@ def reference_rates(reference_dir: str, config, batch_size: int, *,
       "allow_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
                      "cudnn": torch.backends.cudnn.allow_tf32},
       "train": {}, "forward": {}}
-  for dtype in dtypes:
+  for dtype in DTYPES:
     def amp():
       return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
@@ -86,3 +110,10 @@ def reference_rates(reference_dir: str, config, batch_size: int, *,
       out[kind][dtype] = {"seconds": s, "images_per_second": batch_size / s,
                           "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
   return out
+
+
+if __name__ == "__main__":
+  reference_dir, settings = sys.argv[1], json.loads(sys.argv[2])
+  print(json.dumps(reference_rates(
+      reference_dir, ml_collections.ConfigDict(settings["config"]), settings["batch_size"],
+      repeats=settings["repeats"], iters=settings["iters"])))

@@ -283,53 +283,55 @@ def markdown(r: dict) -> str:
   train_b = (r["train"].get("float32") or {}).get("batch_size", "?")
   samp_b = (r["sampling_step"].get("float32") or {}).get("batch_size", "?")
 
-  def cell(path, fmt, scale=1.0):
-    def get(dtype):
-      v: Any = r
-      for k in path:
-        v = v.get(k.format(dtype=dtype)) if isinstance(v, dict) else None
-      return "-" if v is None else format(v * scale, fmt)
-    return get
-
+  gib = 2.0 ** -30
+  # (label, path into the JSON with {dtype} filled in per column, format, scale)
   rows = [
-      (f"train images/s (batch {train_b})", cell(("train", "{dtype}", "images_per_second"), ".4g")),
-      ("train step ms", cell(("train", "{dtype}", "seconds_per_step"), ".4g", 1e3)),
-      ("XLA GFLOP per step", cell(("train", "{dtype}", "xla_flops_per_step"), ".4g", 1e-9)),
-      ("achieved TFLOP/s", cell(("train", "{dtype}", "tflops_per_second"), ".3g")),
-      ("MFU (XLA FLOPs / bf16 matmul rate)", cell(("train", "{dtype}", "mfu"), ".3f")),
-      ("MFU (3 x analytic forward FLOPs)", cell(("train", "{dtype}", "model_mfu"), ".3f")),
-      ("compile s", cell(("train", "{dtype}", "compile_seconds"), ".1f")),
-      ("device peak GiB (high-water mark)",
-       cell(("train", "{dtype}", "device_peak_bytes_so_far"), ".3g", 2 ** -30)),
-      ("XLA memory estimate GiB", cell(("train", "{dtype}", "xla_memory_bytes"), ".3g", 2 ** -30)),
-      (f"forward images/s (batch {train_b})", cell(("forward", "{dtype}", "images_per_second"), ".4g")),
+      (f"train images/s (batch {train_b})", "train/{dtype}/images_per_second", ".4g", 1),
+      ("train step ms", "train/{dtype}/seconds_per_step", ".4g", 1e3),
+      ("XLA GFLOP per step", "train/{dtype}/xla_flops_per_step", ".4g", 1e-9),
+      ("achieved TFLOP/s", "train/{dtype}/tflops_per_second", ".3g", 1),
+      ("MFU (XLA FLOPs / bf16 matmul rate)", "train/{dtype}/mfu", ".3f", 1),
+      ("MFU (3 x analytic forward FLOPs)", "train/{dtype}/model_mfu", ".3f", 1),
+      ("compile s", "train/{dtype}/compile_seconds", ".1f", 1),
+      ("device peak GiB (high-water mark)", "train/{dtype}/device_peak_bytes_so_far", ".3g", gib),
+      ("XLA memory estimate GiB", "train/{dtype}/xla_memory_bytes", ".3g", gib),
+      (f"forward images/s (batch {train_b})", "forward/{dtype}/images_per_second", ".4g", 1),
       (f"sampling image-steps/s (batch {samp_b})",
-       cell(("sampling_step", "{dtype}", "image_steps_per_second"), ".4g")),
-      ("sampling step MFU (XLA FLOPs)", cell(("sampling_step", "{dtype}", "mfu"), ".3f")),
-      ("reference train images/s", cell(("reference", "train", "{dtype}", "images_per_second"), ".4g")),
-      ("ours / reference, train", cell(("reference", "ratios", "train_{dtype}"), ".2f")),
-      ("reference forward images/s",
-       cell(("reference", "forward", "{dtype}", "images_per_second"), ".4g")),
-      ("ours / reference, forward", cell(("reference", "ratios", "forward_{dtype}"), ".2f")),
-      ("h: 100k train steps", cell(("projections", "{dtype}", "train_hours"), ".3g")),
-      ("h: 4,000 samples, 4000-step chain",
-       cell(("projections", "{dtype}", "sample_full_chain_hours"), ".3g")),
-      ("h: 4,000 samples, 250 steps", cell(("projections", "{dtype}", "sample_respaced_250_hours"), ".3g")),
+       "sampling_step/{dtype}/image_steps_per_second", ".4g", 1),
+      ("sampling step MFU (XLA FLOPs)", "sampling_step/{dtype}/mfu", ".3f", 1),
+      ("reference train images/s", "reference/train/{dtype}/images_per_second", ".4g", 1),
+      ("ours / reference, train", "reference/ratios/train_{dtype}", ".2f", 1),
+      ("reference forward images/s", "reference/forward/{dtype}/images_per_second", ".4g", 1),
+      ("ours / reference, forward", "reference/ratios/forward_{dtype}", ".2f", 1),
+      ("h: 100k train steps", "projections/{dtype}/train_hours", ".3g", 1),
+      ("h: 4,000 samples, 4000-step chain", "projections/{dtype}/sample_full_chain_hours",
+       ".3g", 1),
+      ("h: 4,000 samples, 250 steps", "projections/{dtype}/sample_respaced_250_hours", ".3g", 1),
       (f"h: seed study ({STUDY_CONFIGS} configs x {STUDY_SEEDS} seeds), full chain",
-       cell(("projections", "{dtype}", "study_full_chain_hours"), ".3g")),
-      ("h: seed study, 250-step sampling", cell(("projections", "{dtype}", "study_respaced_250_hours"), ".3g")),
+       "projections/{dtype}/study_full_chain_hours", ".3g", 1),
+      ("h: seed study, 250-step sampling", "projections/{dtype}/study_respaced_250_hours",
+       ".3g", 1),
   ]
+
+  def cell(path: str, dtype: str, fmt: str, scale: float) -> str:
+    v: Any = r
+    for k in path.format(dtype=dtype).split("/"):
+      v = v.get(k) if isinstance(v, dict) else None
+    return "-" if v is None else format(v * scale, fmt)
+
   head = (f"{d['device_kind']} ({d['platform']}); jax {d['jax']}, jaxlib {d['jaxlib']}, "
           f"flax {d['flax']}; XLA_FLAGS={d['xla_flags'] or '(none)'}; "
-          f"bf16 {mm.get('n')}^3 matmul {mm.get('tflops_per_second', float('nan')):.4g} TFLOP/s; "
+          f"bf16 {mm.get('n')}^3 matmul {mm.get('tflops_per_second', math.nan):.4g} TFLOP/s; "
           f"{r['model'].get('num_params', 0) / 1e6:.3g} M params; mode {r['mode']}; "
-          f"wall {r.get('wall_seconds', 0):.0f} s; tensorflow imported: {r['tensorflow_imported']}.")
+          f"wall {r.get('wall_seconds', 0):.0f} s; "
+          f"tensorflow imported: {r['tensorflow_imported']}.")
   if "torch" in ref:
     head += f" Reference: torch {ref['torch']} on {ref['device']}."
   elif "error" in ref:
     head += f" Reference not run: {ref['error']}."
   lines = [head, "", "| measurement | float32 | bfloat16 |", "|---|---|---|"]
-  lines += [f"| {label} | {get('float32')} | {get('bfloat16')} |" for label, get in rows]
+  lines += ["| " + " | ".join([label] + [cell(path, dt, fmt, scale) for dt in DTYPES]) + " |"
+            for label, path, fmt, scale in rows]
   return "\n".join(lines) + "\n"
 
 

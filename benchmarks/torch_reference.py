@@ -48,8 +48,10 @@ def reference_rates(reference_dir: str, config, batch_size: int, *, repeats: int
   loss-scaling trainer).
   """
   sys.path.insert(0, os.path.abspath(reference_dir))
-  from improved_diffusion.script_util import create_gaussian_diffusion  # pylint: disable=g-import-not-at-top
-  from improved_diffusion.unet import UNetModel  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from improved_diffusion.script_util import create_gaussian_diffusion
+  from improved_diffusion.unet import UNetModel
+  # pylint: enable=g-import-not-at-top
 
   dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   m, size, steps = config.model, config.data.image_size, config.diffusion.steps
@@ -70,6 +72,7 @@ def reference_rates(reference_dir: str, config, batch_size: int, *, repeats: int
   x = torch.rand((batch_size, 3, size, size), device=dev) * 2 - 1
   kwargs = {"y": torch.randint(0, 10, (batch_size,), device=dev)} if m.num_classes else {}
   t_scale = 1000.0 / steps if config.diffusion.rescale_timesteps else 1.0
+  decay = config.training.ema_decay
   cuda = dev.type == "cuda"
 
   def sync(_):
@@ -93,8 +96,8 @@ def reference_rates(reference_dir: str, config, batch_size: int, *, repeats: int
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
-      with torch.no_grad():
-        torch._foreach_lerp_(ema, params, 1.0 - config.training.ema_decay)  # pylint: disable=protected-access
+      with torch.no_grad():  # one fused EMA update, as optax's over the whole tree
+        torch._foreach_lerp_(ema, params, 1.0 - decay)  # pylint: disable=protected-access
       return loss
 
     def forward():

@@ -1,0 +1,162 @@
+"""benchmarks/gpu_check.py --smoke: the accelerator check's code path, on CPU.
+
+The GPU run happens rarely and on borrowed time, so everything it does except
+the sizes is exercised here: one smoke run in a subprocess, then checks on the
+JSON and the table it writes. The PyTorch reference path runs too when torch
+is importable and MEM_DIFFUSION_REFERENCE_DIR names an improved-diffusion
+checkout (CI has neither).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DTYPES = ("float32", "bfloat16")
+# What the train step, forward and sampling step may import: the packages of a
+# bare CUDA image with JAX, plus ml-collections and the PyYAML it imports
+# (torch stays in the reference's child process).
+ALLOWED_MODULES = {"jax", "jaxlib", "flax", "optax", "orbax", "chex", "absl", "numpy",
+                   "ml_collections", "yaml"}
+REFERENCE_DIR = os.environ.get("MEM_DIFFUSION_REFERENCE_DIR", "")
+RUN_REFERENCE = bool(REFERENCE_DIR) and importlib.util.find_spec("torch") is not None
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  out_dir = str(tmp_path_factory.mktemp("gpu_check"))
+  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--smoke",
+         f"--out_dir={out_dir}"]
+  if RUN_REFERENCE:
+    cmd.append(f"--reference_dir={REFERENCE_DIR}")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # one CPU device, whatever the test session uses
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out_dir, "gpu_check.json")) as f:
+    result = json.load(f)
+  with open(os.path.join(out_dir, "gpu_check.md")) as f:
+    table = f.read()
+  return result, table, proc.stdout
+
+
+def _positive(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_environment_is_recorded(smoke):
+  result, _, _ = smoke
+  assert result["mode"] == "smoke"
+  device = result["device"]
+  for key in ("platform", "device_kind", "jax", "jaxlib", "flax", "python"):
+    assert isinstance(device[key], str) and device[key], key
+  assert device["platform"] == "cpu"
+  assert device["xla_flags"] == ""
+  assert result["matmul"]["dtype"] == "bfloat16"
+  assert _positive(result["matmul"]["tflops_per_second"])
+  assert result["model"]["num_classes"] == 10
+  assert _positive(result["model"]["num_params"])
+  assert _positive(result["wall_seconds"])
+
+
+def test_no_tensorflow_and_only_bare_image_packages(smoke):
+  result, _, _ = smoke
+  assert result["tensorflow_imported"] is False
+  imported = set(result["requirement_modules_imported"])
+  assert {"jax", "flax", "optax", "ml_collections"} <= imported
+  assert imported <= ALLOWED_MODULES, imported - ALLOWED_MODULES
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_train_step_rates(smoke, dtype):
+  result, _, _ = smoke
+  row = result["train"][dtype]
+  assert row["batch_size"] == 4
+  for key in ("compile_seconds", "seconds_per_step", "images_per_second",
+              "xla_flops_per_step", "tflops_per_second", "xla_memory_bytes"):
+    assert _positive(row[key]), (key, row[key])
+  assert 0 < row["mfu"] <= 1 and 0 < row["model_mfu"] <= 1
+  # XLA's count and 3 x the analytic forward count describe the same step.
+  assert 0.8 < row["xla_flops_per_step"] / row["model_flops_per_step"] < 1.25
+  assert row["images_per_second"] == pytest.approx(4 / row["seconds_per_step"])
+  assert row["mfu"] == pytest.approx(
+      row["tflops_per_second"] / result["matmul"]["tflops_per_second"])
+  assert math.isfinite(row["loss"]) and row["loss"] > 0
+  assert row["device_peak_bytes_so_far"] is None  # CPU reports no memory stats
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_and_sampling_rates(smoke, dtype):
+  result, _, _ = smoke
+  fwd, samp = result["forward"][dtype], result["sampling_step"][dtype]
+  assert fwd["batch_size"] == result["train"][dtype]["batch_size"]
+  assert samp["batch_size"] == 8
+  assert _positive(fwd["images_per_second"]) and _positive(samp["image_steps_per_second"])
+  assert _positive(fwd["xla_flops"]) and _positive(samp["xla_flops"])
+  # The sampling step is the network plus elementwise work on 2x the images.
+  assert samp["xla_flops"] > fwd["xla_flops"]
+  for row in (fwd, samp):
+    assert 0 < row["mfu"] <= 1 and 0 < row["model_mfu"] <= 1
+  assert 0.8 < fwd["xla_flops"] / fwd["model_flops"] < 1.25
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_projections_follow_from_the_rates(smoke, dtype):
+  result, _, _ = smoke
+  p = result["projections"][dtype]
+  train, samp = result["train"][dtype], result["sampling_step"][dtype]
+  assert p["train_steps"] == 100_000 and p["samples"] == 4000 and p["study_runs"] == 39
+  assert p["train_hours"] == pytest.approx(100_000 * train["seconds_per_step"] / 3600)
+  assert p["sample_full_chain_hours"] == pytest.approx(
+      4000 * 4000 / samp["image_steps_per_second"] / 3600)
+  assert p["sample_respaced_250_hours"] == pytest.approx(p["sample_full_chain_hours"] / 16)
+  assert p["study_full_chain_hours"] == pytest.approx(
+      39 * (p["train_hours"] + p["sample_full_chain_hours"]))
+  assert p["study_respaced_250_hours"] == pytest.approx(
+      39 * (p["train_hours"] + p["sample_respaced_250_hours"]))
+
+
+def test_markdown_table(smoke):
+  result, table, stdout = smoke
+  lines = table.splitlines()
+  assert result["device"]["device_kind"] in lines[0]
+  assert "| measurement | float32 | bfloat16 |" in lines
+  rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+  train_row = rows["train images/s (batch 4)"]
+  assert f"{result['train']['float32']['images_per_second']:.4g}" in train_row
+  assert f"{result['train']['bfloat16']['images_per_second']:.4g}" in train_row
+  assert "MFU (XLA FLOPs / bf16 matmul rate)" in rows and "h: 100k train steps" in rows
+  assert "gpu_check.md" in stdout
+
+
+@pytest.mark.skipif(not RUN_REFERENCE, reason="needs torch and MEM_DIFFUSION_REFERENCE_DIR "
+                    "(an improved-diffusion checkout)")
+def test_reference_is_the_same_model(smoke):
+  result, table, _ = smoke
+  ref = result["reference"]
+  assert ref["num_params"] == result["model"]["num_params"]
+  for kind in ("train", "forward"):
+    for dtype in DTYPES:
+      assert _positive(ref[kind][dtype]["images_per_second"])
+      assert ref["ratios"][f"{kind}_{dtype}"] == pytest.approx(
+          result[kind][dtype]["images_per_second"] / ref[kind][dtype]["images_per_second"])
+  assert "Reference: torch" in table
+
+
+def test_a_failing_reference_is_reported_not_raised(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+  import gpu_check  # pylint: disable=g-import-not-at-top
+  (tmp_path / "improved_diffusion").mkdir()
+  (tmp_path / "improved_diffusion" / "__init__.py").write_text("")  # no modules inside
+  ref = gpu_check.run_reference(str(tmp_path), gpu_check.check_config(smoke=True),
+                                batch_size=2, repeats=1, iters=1)
+  assert set(ref) == {"error"}
+  assert ref["error"].startswith("torch_reference.py exited 1: ")
+  assert ("torch" in ref["error"]) or ("improved_diffusion" in ref["error"])

@@ -28,7 +28,7 @@ from mem_diffusion import train
 # rate. XLA:CPU compiles for the host's instruction set, so the 1200-step
 # trajectory, and the replicate ratio it ends on, differ between CPUs; the
 # seed moves it more. Measured with benchmarks/isa_spread.py (seeds 0-2, on
-# one AVX-512 machine under its own, AVX2 and AVX code): 0.77-0.97 after
+# one AVX-512 machine under its own, AVX2 and AVX code): 0.75-0.98 after
 # 1200 steps, every run copying all 4 images (docs/reliability.md,
 # "Determinism contract"). The bar is therefore "most samples are copies"
 # (>= 0.5), far above the controls (<= 0.1, measured 0.0), instead of a bar

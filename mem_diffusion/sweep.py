@@ -187,48 +187,6 @@ def dummy_series(agg: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]
   return out
 
 
-def _figure(series: dict[str, list[dict[str, Any]]], x_field: str, path: str, *,
-            xlabel: str, title: str, log_x: bool) -> None:
-  """Replicate ratio (left) and quality (right) against x, one line per series."""
-  from mem_diffusion import report  # pylint: disable=g-import-not-at-top
-  plt = report._pyplot()  # pylint: disable=protected-access
-  fig, (ax, axq) = plt.subplots(1, 2, figsize=(10, 3.6))
-  ticks: dict[float, str] = {}
-  for label, es in sorted(series.items()):
-    # A log axis cannot show x = 0: the baseline sits at half the smallest
-    # nonzero x of the figure, and its tick says 0.
-    xs = [e[x_field] for e in es]
-    if log_x and xs and xs[0] == 0:
-      nonzero = [e[x_field] for s_ in series.values() for e in s_ if e[x_field] > 0]
-      xs[0] = min(nonzero) / 2 if nonzero else 1
-    for x, e in zip(xs, es):
-      ticks[x] = "0" if e[x_field] == 0 else f"{e[x_field]:g}"
-    ax.errorbar(xs, [e["ratio_mean"] for e in es], yerr=[e["ratio_std"] for e in es],
-                marker="o", capsize=3, label=label)
-    q = [(x, e["d1_median_ratio_mean"], e["d1_median_ratio_std"]) for x, e in zip(xs, es)
-         if e["d1_median_ratio_mean"] is not None]
-    if q:
-      axq.errorbar([a for a, _, _ in q], [b for _, b, _ in q], yerr=[c for _, _, c in q],
-                   marker="o", capsize=3, label=label)
-  for a in (ax, axq):
-    a.set_xlabel(xlabel)
-    if log_x:
-      a.set_xscale("log", base=2)
-      a.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
-      a.minorticks_off()
-    a.legend(fontsize=7)
-  ax.set_ylabel("replicate ratio (d1/d2 < 1/3)")
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_title(f"{title}: memorization (error bars: std over seeds)", fontsize=9)
-  axq.set_ylabel("median d1: samples / held-out reals")
-  axq.axhline(1.0, color="gray", lw=0.8, ls=":")
-  axq.set_title("quality (1 = as far from train set as new real images)", fontsize=9)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=130)
-  plt.close(fig)
-
-
 def _fmt(mean: float | None, std: float | None, digits: int = 3) -> str:
   if mean is None:
     return "-"
@@ -279,14 +237,15 @@ def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
   cap = capacity_series(agg)
   if cap:
     path = os.path.join(root, "capacity.png")
-    _figure(cap, "num_original", path, xlabel="train-set size N (no dummies)",
-            title="capacity", log_x=True)
+    report.study_figure(cap, "num_original", path, xlabel="train-set size N (no dummies)",
+                        title="capacity", log_x=True)
     figures.append(path)
   dummies = dummy_series(agg)
   if dummies:
     path = os.path.join(root, "dummies.png")
-    _figure(dummies, "num_dummy", path, xlabel="number of dummy images (0 = none)",
-            title="dummy data", log_x=True)
+    report.study_figure(dummies, "num_dummy", path,
+                        xlabel="number of dummy images (0 = none)", title="dummy data",
+                        log_x=True)
     figures.append(path)
   return figures
 

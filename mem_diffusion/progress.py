@@ -122,6 +122,19 @@ class Progress:
       parts.append(f"took {format_duration(now - self._created)}")
     return "  ".join(parts)
 
+  def _part(self, done: int) -> int:
+    return done * self._parts // self.total if self.total else self._parts
+
+  def due(self, done: int) -> bool:
+    """Whether update(done) will print a line.
+
+    Lets a caller whose work is dispatched asynchronously (a jitted step)
+    wait for it first, so the printed rate counts finished work only.
+    """
+    return self.enabled and (
+        self._origin is None or self._part(done) > self._last_part
+        or done >= self.total or self._clock() - self._last_line >= self.every_seconds)
+
   def update(self, done: int, **values: Any) -> None:
     """Records that `done` units are complete; prints when it is time.
 
@@ -131,13 +144,10 @@ class Progress:
     if not self.enabled:
       return
     now = self._clock()
-    first = self._origin is None
-    if first:
-      self._origin = (done, now)
-    part = done * self._parts // self.total if self.total else self._parts
-    if (first or part > self._last_part or done >= self.total
-        or now - self._last_line >= self.every_seconds):
-      self._last_part, self._last_line = part, now
+    if self.due(done):
+      if self._origin is None:
+        self._origin = (done, now)
+      self._last_part, self._last_line = self._part(done), now
       self._write_line(self.line(done, now, **values))
     elif self.live and now - self._last_draw >= self.refresh_seconds:
       self._draw_bar(done, now, values)

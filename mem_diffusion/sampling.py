@@ -101,6 +101,8 @@ def make_chunk_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
   Cached per (what the chain depends on, mesh), so a resumed or repeated
   sampling run in the same process (a sweep, the tests) compiles once.
+  Training's periodic preview grid is this sampler too, with the preview's
+  chunk size and chain length written into `config.sampling`.
   """
   relevant = {"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
               "sampling": config.sampling.to_dict(), "image_size": config.data.image_size}

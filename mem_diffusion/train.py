@@ -362,6 +362,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        images_per_second=rate * tcfg.batch_size,
                        eta_hours=(num_steps - step) / max(rate, 1e-9) / 3600)
           writer.write_scalars(step, means)
+        if progress.due(step):  # the line's rate counts finished steps only
+          jax.block_until_ready(stats)
         progress.update(step, loss=last_loss)
         save_now = step % tcfg.checkpoint_every == 0 or step == num_steps
         stop = signals.signum is not None

@@ -84,6 +84,16 @@ def test_end_closes_a_bar_left_on_screen():
   assert stream.getvalue().endswith("\n")
 
 
+def test_due_says_when_the_next_update_prints():
+  clock = _Clock()
+  p = progress.Progress(100, label="train", stream=io.StringIO(), clock=clock)
+  assert p.due(1)  # the first update always prints
+  p.update(1)
+  assert not p.due(2) and not p.due(4) and p.due(5) and p.due(100)
+  clock.now += 301.0  # every_seconds (300) passed
+  assert p.due(2)
+
+
 def test_disabled_progress_writes_nothing():
   stream = io.StringIO()
   p = _run(20, stream, enabled=False)

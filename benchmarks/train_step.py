@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
-from mem_diffusion import parallel, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from matmul_rate import matmul_gflops  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
@@ -48,8 +48,8 @@ def main(argv):
   if FLAGS.compute_dtype:
     config.model.compute_dtype = FLAGS.compute_dtype
   mesh = parallel.data_mesh()
-  *_, init_fn, step_fn = train.build(config, mesh)
-  state = train.initial_state(init_fn, config, mesh)
+  step_fn = train.build(config, mesh)[-1]
+  train_state = state.initial_state(config, mesh)
   size = config.data.image_size
   rng = np.random.default_rng(0)
   batch = parallel.to_global({
@@ -57,16 +57,16 @@ def main(argv):
       "label": np.zeros((FLAGS.batch_size,), np.int32)}, mesh)
 
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  compiled = step_fn.lower(train_state, batch).compile()
   compile_seconds = time.perf_counter() - t0
   flops_per_step = _flops(compiled)
 
-  state, stats = compiled(state, batch)  # warm-up
+  train_state, stats = compiled(train_state, batch)  # warm-up
   jax.block_until_ready(stats)
   t0 = time.perf_counter()
   for _ in range(FLAGS.steps):
-    state, stats = compiled(state, batch)
-  jax.block_until_ready((state.params, stats))
+    train_state, stats = compiled(train_state, batch)
+  jax.block_until_ready((train_state.params, stats))
   seconds = (time.perf_counter() - t0) / FLAGS.steps
 
   mm = matmul_gflops(FLAGS.matmul_size, mesh)

@@ -23,7 +23,6 @@ import functools
 import json
 import os
 import shutil
-import time
 from typing import Any
 
 from absl import logging
@@ -32,7 +31,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mem_diffusion import checkpoint as checkpoint_lib
 from mem_diffusion import parallel
+from mem_diffusion import progress as progress_lib
+from mem_diffusion import state as state_lib
 from mem_diffusion.diffusion import diffusion_from_config
 from mem_diffusion.diffusion import samplers
 from mem_diffusion.models import unet_from_config
@@ -72,20 +74,18 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
     params = jax.device_put(params, parallel.replicated(mesh))
     return params, {"source": os.path.abspath(config.sampling.params_file)}
 
-  from mem_diffusion import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import train  # pylint: disable=g-import-not-at-top
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(
         f"no checkpoints in {ckpt_dir}: train first (--mode=train or --mode=all) "
         "or set --config.sampling.params_file to a converted params file")
-  *_, init_fn, _ = train.build(config, mesh)
   with checkpoint_lib.Checkpointer(ckpt_dir, keep=config.training.keep_checkpoints) as ckpt:
     step = ckpt.latest_step()
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}: train first")
     try:
-      state, _ = ckpt.restore(step, train.abstract_state(init_fn, config, mesh))
+      # Only the state's structure is needed: no train step is built.
+      state, _ = ckpt.restore(step, state_lib.abstract_state(config, mesh))
     except Exception as e:  # pylint: disable=broad-except
       # Sampling an older checkpoint instead would silently report on a
       # less-trained model; training knows how to fall back and redo steps.
@@ -101,6 +101,8 @@ def make_chunk_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
   Cached per (what the chain depends on, mesh), so a resumed or repeated
   sampling run in the same process (a sweep, the tests) compiles once.
+  Training's periodic preview grid is this sampler too, with the preview's
+  chunk size and chain length written into `config.sampling`.
   """
   relevant = {"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
               "sampling": config.sampling.to_dict(), "image_size": config.data.image_size}
@@ -194,9 +196,10 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
   num_chunks = -(-n // chunk)
   sample_chunk = make_chunk_sampler(config, mesh)
   root = jax.random.PRNGKey(scfg.seed)
-  logging.info("sampling %d images in %d chunks of %d with the %s on %d devices",
-               n, num_chunks, chunk, chain_description(scfg), mesh.devices.size)
-  start, made = time.time(), 0
+  progress = progress_lib.Progress(num_chunks, label="sample", unit="chunk",
+                                   items_per_unit=chunk, enabled=lead)
+  progress.say(f"{n} images in {num_chunks} chunks of {chunk} with the "
+               f"{chain_description(scfg)} on {mesh.devices.size} devices")
   for c in range(num_chunks):
     path = os.path.join(chunk_dir, f"chunk_{c:05d}.npz")
     if os.path.exists(path):  # written by process 0 of an earlier run
@@ -204,10 +207,7 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     images = np.asarray(parallel.fetch(sample_chunk(params, jax.random.fold_in(root, c))))
     if lead:
       _atomic_savez(path, images=images)
-    made += 1
-    rate = made * chunk / (time.time() - start)
-    logging.info("sampling chunk %d/%d done: %.2f images/s, ETA %.1f min",
-                 c + 1, num_chunks, rate, (num_chunks - c - 1) * chunk / rate / 60)
+    progress.update(c + 1)
   parallel.sync("sampling_chunks_written")
 
   if lead:
@@ -220,6 +220,6 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     report.save_png(os.path.join(workdir, "samples", "grid.png"),
                     report.image_grid(images[:64], ncols=8))
     shutil.rmtree(chunk_dir)
-    logging.info("wrote %s", out_path)
+    progress.say(f"wrote {out_path}")
   parallel.sync("sampling_done")
   return out_path

@@ -1,12 +1,16 @@
-"""IDDPM training: TrainState, the jitted data-parallel step, and the loop.
+"""IDDPM training: the jitted data-parallel step and the loop.
 
 The loop is built so that a run's result depends only on (config, step):
 - every random key is fold_in(fold_in(seed, TRAIN), step) (then a tag), never
   a device or process index, so 1 and 8 devices draw the same numbers (JAX's
   partitionable threefry generates a global array independently of sharding);
 - the input pipeline is a pure function of the step (mem_diffusion.data);
-- the TrainState holds everything else (including the importance sampler);
+- the TrainState (mem_diffusion.state) holds everything else, including the
+  importance sampler;
 so resuming from a checkpoint reproduces an uninterrupted run bit for bit.
+
+The terminal gets one compact progress line per ~5% of the run
+(mem_diffusion.progress); every metric goes to TensorBoard.
 
 TensorFlow (pulled in by the data modules and clu's TensorBoard writer) is
 imported lazily, inside train_and_evaluate, never at import time.
@@ -18,10 +22,9 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,71 +35,17 @@ from mem_diffusion import checkpoint as checkpoint_lib
 from mem_diffusion import errors
 from mem_diffusion import metrics as metrics_lib
 from mem_diffusion import parallel
+from mem_diffusion import progress as progress_lib
+from mem_diffusion import sampling
+from mem_diffusion import state as state_lib
 from mem_diffusion import validate
-from mem_diffusion.diffusion import diffusion_from_config
-from mem_diffusion.diffusion import samplers
-from mem_diffusion.diffusion import timestep_samplers
-from mem_diffusion.models import unet_from_config
 
-# fold_in tags: one independent stream per purpose.
-_INIT, _TRAIN, _GRID = 0, 1, 2
+# fold_in tags of a step's key: one independent stream per purpose.
 _T_TAG, _NOISE_TAG, _DROPOUT_TAG = 0, 1, 2
 
 
 TrainingDivergedError = errors.TrainingDivergedError  # re-exported for callers
 Preempted = errors.Preempted
-
-
-@flax.struct.dataclass
-class TrainState:
-  params: Any
-  ema_params: Any
-  opt_state: Any
-  step: jax.Array  # int32 scalar: number of completed optimizer steps
-  rng: jax.Array  # uint32[2] raw key; per-step keys are fold_in(rng, step)
-  sampler_state: Any  # timestep sampler state (empty for uniform)
-
-
-def make_optimizer(training_cfg: ml_collections.ConfigDict
-                   ) -> optax.GradientTransformation:
-  """Adam as in IDDPM (no warm-up, no clipping); AdamW only with weight decay."""
-  lr = training_cfg.learning_rate
-  if training_cfg.weight_decay > 0:
-    return optax.adamw(lr, weight_decay=training_cfg.weight_decay)
-  return optax.adam(lr)
-
-
-def make_init_fn(model, tx, sampler, config) -> Callable[[jax.Array], TrainState]:
-  """key -> initial TrainState (jit it with replicated out_shardings)."""
-  size = config.data.image_size
-  conditional = bool(config.model.num_classes)
-
-  def init(key):
-    x = jnp.zeros((1, size, size, 3), jnp.float32)
-    t = jnp.zeros((1,), jnp.float32)
-    y = jnp.zeros((1,), jnp.int32) if conditional else None
-    params = model.init({"params": jax.random.fold_in(key, _INIT)}, x, t, y,
-                        train=False)["params"]
-    return TrainState(
-        params=params,
-        ema_params=jax.tree.map(jnp.copy, params),
-        opt_state=tx.init(params),
-        step=jnp.zeros((), jnp.int32),
-        rng=jax.random.fold_in(key, _TRAIN),
-        sampler_state=_pack_sampler_state(sampler.init()))
-  return init
-
-
-def _pack_sampler_state(sampler_state):
-  # Orbax refuses zero-size arrays, which is how the uniform sampler's
-  # (unused) state looks: store an empty dict instead.
-  if all(np.size(x) == 0 for x in jax.tree.leaves(sampler_state)):
-    return {}
-  return sampler_state
-
-
-def _unpack_sampler_state(packed, sampler):
-  return sampler.init() if isinstance(packed, dict) and not packed else packed
 
 
 def make_train_step(model, diffusion, tx, sampler, config,
@@ -132,11 +81,11 @@ def make_train_step(model, diffusion, tx, sampler, config,
   def merge(x):  # inverse of split
     return x.swapaxes(0, 1).reshape((-1,) + x.shape[2:])
 
-  def step(state: TrainState, batch):
+  def step(state: state_lib.TrainState, batch):
     x0 = batch["image"].astype(jnp.float32)
     y = batch["label"].astype(jnp.int32) if conditional else None
     key = jax.random.fold_in(state.rng, state.step)
-    sampler_state = _unpack_sampler_state(state.sampler_state, sampler)
+    sampler_state = state_lib.unpack_sampler_state(state.sampler_state, sampler)
     t, weights = sampler.sample(sampler_state,
                                 jax.random.fold_in(key, _T_TAG), x0.shape[0])
     noise = jax.random.normal(jax.random.fold_in(key, _NOISE_TAG), x0.shape,
@@ -164,7 +113,7 @@ def make_train_step(model, diffusion, tx, sampler, config,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
-    sampler_state = _pack_sampler_state(
+    sampler_state = state_lib.pack_sampler_state(
         sampler.update(sampler_state, t, losses["loss"]))
     stats = metrics_lib.step_statistics(
         t, num_t, {k: weights * losses[k] for k in metrics_lib.TERMS})
@@ -182,59 +131,21 @@ def make_train_step(model, diffusion, tx, sampler, config,
 _BUILD_CACHE: dict[Any, tuple] = {}
 
 
-def _build_key(config, mesh) -> tuple:
-  """What the compiled functions depend on: the config minus the safe keys."""
-  flat = validate.flatten(config)
-  relevant = sorted((k, repr(v)) for k, v in flat.items()
-                    if not validate.is_safe_change(k))
-  return tuple(relevant), tuple(d.id for d in mesh.devices.flat)
-
-
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """(model, diffusion, tx, sampler, init_fn, train_step) for a config.
 
-  Cached per (config minus safe keys, mesh), so that repeated runs in one
-  process (a resume, the tests) reuse the compiled step.
+  The first five are state.parts(config); the step is cached per (config
+  minus safe keys, mesh), so that repeated runs in one process (a resume, the
+  tests) reuse the compiled step. Code that only restores a state needs
+  state.abstract_state, not this.
   """
-  key = _build_key(config, mesh)
+  key = (state_lib.config_key(config), tuple(d.id for d in mesh.devices.flat))
   if key not in _BUILD_CACHE:
-    model = unet_from_config(config.model, config.data.image_size)
-    diffusion = diffusion_from_config(config.diffusion,
-                                      config.model.learn_sigma)
-    tx = make_optimizer(config.training)
-    sampler = timestep_samplers.create(config.diffusion.timestep_sampler,
-                                       diffusion.num_timesteps)
-    init_fn = make_init_fn(model, tx, sampler, config)
-    train_step = make_train_step(model, diffusion, tx, sampler, config, mesh)
-    _BUILD_CACHE[key] = (model, diffusion, tx, sampler, init_fn, train_step)
+    parts = state_lib.parts(config)
+    train_step = make_train_step(parts.model, parts.diffusion, parts.tx,
+                                 parts.sampler, config, mesh)
+    _BUILD_CACHE[key] = (*parts, train_step)
   return _BUILD_CACHE[key]
-
-
-_INIT_CACHE: dict[Any, Any] = {}
-
-
-def initial_state(init_fn, config, mesh) -> TrainState:
-  """The step-0 state, replicated over the mesh.
-
-  On CPU the initialiser is compiled at LLVM optimisation level 0: it runs
-  once, and the ~100 random-number kernels of a UNet's initialisers otherwise
-  take several times longer to compile than to run. The values are a pure
-  function of (config, seed) either way (the option is always the same).
-  """
-  key = (_build_key(config, mesh), config.seed)
-  if key not in _INIT_CACHE:
-    seed = config.seed
-    fn = jax.jit(lambda: init_fn(jax.random.PRNGKey(seed)),
-                 out_shardings=parallel.replicated(mesh))
-    options = ({"xla_backend_optimization_level": 0}
-               if jax.default_backend() == "cpu" else None)
-    _INIT_CACHE[key] = fn.lower().compile(compiler_options=options)
-  return _INIT_CACHE[key]()
-
-
-def abstract_state(init_fn, config, mesh) -> TrainState:
-  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
-  return checkpoint_lib.abstract_like(shapes, parallel.replicated(mesh))
 
 
 class _SignalCatcher:
@@ -264,20 +175,22 @@ class _SignalCatcher:
       signal.signal(s, h)
 
 
-def _make_grid_fn(model, config, mesh):
-  """jitted (ema_params, key) -> uint8 images for the periodic sample grid."""
-  diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma,
-                                    config.training.grid_respacing)
-  n, size = config.training.grid_num_samples, config.data.image_size
-  label = config.sampling.label if config.model.num_classes else None
+def _make_grid_fn(config, mesh):
+  """(ema_params, key) -> uint8 images of the periodic preview grid.
 
-  def grid(params, key):
-    y = None if label is None else jnp.full((n,), label, jnp.int32)
-    def model_fn(x, t_model):
-      return model.apply({"params": params}, x, t_model, y, train=False)
-    x = samplers.sample(diffusion, model_fn, (n, size, size, 3), key)
-    return jnp.clip(jnp.round((x + 1) * 127.5), 0, 255).astype(jnp.uint8)
-  return jax.jit(grid, out_shardings=parallel.replicated(mesh))
+  The sampling module's chunk sampler with the preview's size and chain
+  length (training.grid_*) and the sampling section's other settings, so the
+  preview shows what --mode=sample would make, only fewer and coarser. The
+  chunk is rounded up to a multiple of the device count and truncated.
+  """
+  n = config.training.grid_num_samples
+  devices = mesh.devices.size
+  preview = config.copy_and_resolve_references()
+  preview.sampling.batch_size = -(-n // devices) * devices
+  preview.sampling.respacing = config.training.grid_respacing
+  preview.sampling.use_ddim = False  # DDIM only if grid_respacing says 'ddimN'
+  sample_chunk = sampling.make_chunk_sampler(preview, mesh)
+  return lambda params, key: np.asarray(parallel.fetch(sample_chunk(params, key)))[:n]
 
 
 def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
@@ -302,7 +215,20 @@ def _write_config(config, workdir: str) -> None:
     metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
 
-def _summary(state: TrainState, meta: dict[str, Any], mesh, *,
+def _metric_writer(workdir: str):
+  """TensorBoard on process 0, nothing elsewhere.
+
+  Not clu's default writer: that one also logs every scalar through absl,
+  which is what the progress lines replace on the terminal.
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter(
+      [metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))])
+
+
+def _summary(state: state_lib.TrainState, meta: dict[str, Any], mesh, *,
              images_per_second: float | None, config) -> dict[str, Any]:
   params, ema = parallel.fetch((state.params, state.ema_params))
   return {
@@ -349,31 +275,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                                 "train_manifest.json"),
                         config.data)
 
-  model, _, _, _, init_fn, train_step = build(config, mesh)
+  train_step = build(config, mesh)[-1]
   tcfg = config.training
   num_steps = tcfg.num_steps
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(
-      os.path.join(workdir, "tensorboard"),
-      just_logging=jax.process_index() > 0)
+  writer = _metric_writer(workdir)
+  progress = progress_lib.Progress(
+      num_steps, label="train", unit="step", items_per_unit=tcfg.batch_size,
+      enabled=jax.process_index() == 0)
 
   with checkpoint_lib.Checkpointer(ckpt_dir, keep=tcfg.keep_checkpoints) as ckpt:
     # The newest intact checkpoint; broken newer ones are moved aside with a
     # warning, and a directory of only broken ones stops the run.
-    restored = ckpt.restore_latest(abstract_state(init_fn, config, mesh))
+    restored = ckpt.restore_latest(state_lib.abstract_state(config, mesh))
     if restored is not None:
-      latest, state, meta = restored
-      logging.info("resumed from %s/%d", ckpt_dir, latest)
+      _, state, meta = restored
     else:
-      state, meta = initial_state(init_fn, config, mesh), {}
+      state, meta = state_lib.initial_state(config, mesh), {}
     start = int(parallel.fetch(state.step))
     summary_path = os.path.join(workdir, "train_summary.json")
     if start >= num_steps and os.path.exists(summary_path):
       with open(summary_path) as f:
         summary = json.load(f)
       if summary.get("step") == start:
-        logging.info("training already complete at step %d", start)
+        progress.say(f"already complete at step {start} ({summary_path})")
         writer.close()
         return summary
     prior_wall = float(meta.get("wall_seconds") or 0.0)
@@ -381,9 +306,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       writer.write_hparams({k: (str(v) if isinstance(v, (list, tuple)) else v)
                             for k, v in validate.flatten(config).items()})
 
-    grid_fn = None
-    if tcfg.sample_grid_every:
-      grid_fn = _make_grid_fn(model, config, mesh)
+    origin = (f"resumed at step {start} from {ckpt_dir}" if restored is not None
+              else "starting at step 0")
+    progress.say(f"{origin}; training to step {num_steps}, {tcfg.batch_size} "
+                 f"images per step on {mesh.devices.size} devices (the first "
+                 "step compiles)")
+    grid_fn = _make_grid_fn(config, mesh) if tcfg.sample_grid_every else None
+    grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state_lib.GRID)
     dataset = data.make_dataset(
         train_set, config.data, global_batch_size=tcfg.batch_size,
         seed=config.seed, start_step=start, num_steps=max(num_steps - start, 0),
@@ -413,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         last_loss = means["loss"]
       return means
 
-    with _SignalCatcher() as signals:
+    with _SignalCatcher() as signals, progress:
       for batch in dataset:
         if step >= num_steps:
           break
@@ -433,6 +362,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        images_per_second=rate * tcfg.batch_size,
                        eta_hours=(num_steps - step) / max(rate, 1e-9) / 3600)
           writer.write_scalars(step, means)
+        if progress.due(step):  # the line's rate counts finished steps only
+          jax.block_until_ready(stats)
+        progress.update(step, loss=last_loss)
         save_now = step % tcfg.checkpoint_every == 0 or step == num_steps
         stop = signals.signum is not None
         if jax.process_count() > 1 and (save_now or step % 10 == 0):
@@ -446,9 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
           raise Preempted(step, signals.signum or signal.SIGTERM)
         if grid_fn is not None and step % tcfg.sample_grid_every == 0:
           flush_checked()
-          images = np.asarray(parallel.fetch(grid_fn(
-              state.ema_params,
-              jax.random.fold_in(jax.random.PRNGKey(config.seed), _GRID))))
+          images = grid_fn(state.ema_params, grid_key)
           if jax.process_index() == 0:
             _write_grid(images, os.path.join(
                 workdir, "train_grids", f"step_{step:08d}.png"), writer, step)
@@ -463,7 +393,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     summary["resumed_from_step"] = start
     if jax.process_index() == 0:
       metrics_lib.write_json(summary_path, summary)
-    logging.info("training done at step %d: params_sha256 %s",
-                 summary["step"], summary["params_sha256"])
+    progress.say(f"done at step {summary['step']}; wrote {summary_path}")
   writer.close()
   return summary

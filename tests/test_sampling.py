@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import convert, evaluate, parallel, sampling
+from mem_diffusion import checkpoint, convert, evaluate, metrics, parallel, sampling, state, train
 from mem_diffusion.models import unet_from_config
 import train_helpers as th
 
@@ -176,3 +176,21 @@ def test_sampling_without_checkpoint_says_what_to_do(tmp_path):
   config = th.micro_config()
   with pytest.raises(FileNotFoundError, match="train first"):
     sampling.sample_to_workdir(config, str(tmp_path))
+
+
+def test_restoring_for_sampling_builds_no_train_step(tmp_path, monkeypatch):
+  """Sampling needs only the state's structure, never the optimizer's step."""
+  config = th.micro_config()
+  mesh = parallel.data_mesh()
+  saved = state.initial_state(config, mesh)
+  with checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2) as ckpt:
+    ckpt.save(3, saved, {"step": 3})
+
+  def no_train_step(*args, **kwargs):
+    raise AssertionError("the train step was built to restore for sampling")
+  monkeypatch.setattr(train, "build", no_train_step)
+  monkeypatch.setattr(train, "make_train_step", no_train_step)
+  params, source = sampling.load_sampling_params(config, str(tmp_path), mesh)
+  assert source == {"source": str(tmp_path / "checkpoints"), "step": 3}
+  assert metrics.tree_sha256(jax.device_get(params)) == metrics.tree_sha256(
+      jax.device_get(saved.ema_params))

@@ -22,6 +22,7 @@ from mem_diffusion import data
 from mem_diffusion import parallel
 from mem_diffusion import replicates
 from mem_diffusion import sampling
+from mem_diffusion import state as state_lib
 from mem_diffusion import train
 
 # The toy model of configs/toy_capacity.py on 4 images at twice its learning
@@ -58,8 +59,8 @@ def trained():
   # overhead on a 2-core machine (sharding is tested elsewhere).
   mesh = parallel.data_mesh(jax.devices()[:1])
   train_set = data.build_train_set(config.data)
-  *_, init_fn, train_step = train.build(config, mesh)
-  state = train.initial_state(init_fn, config, mesh)
+  train_step = train.build(config, mesh)[-1]
+  state = state_lib.initial_state(config, mesh)
   init_ema = jax.tree.map(np.asarray, parallel.fetch(state.ema_params))
   dataset = data.make_dataset(train_set, config.data,
                               global_batch_size=config.training.batch_size,

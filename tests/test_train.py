@@ -133,10 +133,12 @@ def test_nan_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monkeypat
   assert not os.path.exists(os.path.join(str(tmp_path), "train_summary.json"))
 
 
-def test_grad_accumulation_and_sample_grid(tmp_path):
-  """Two micro-batches per step, and the periodic EMA sample grid."""
+def test_grad_accumulation_sample_grid_and_progress_lines(tmp_path, capsys):
+  """Two micro-batches per step, the periodic EMA sample grid (5 images: the
+  sampler's chunk is padded to 8 for 4 devices and cut), and what the
+  terminal shows."""
   config = th.micro_config(training__num_steps=4, training__grad_accum_steps=2,
-                           training__sample_grid_every=2, training__grid_num_samples=4,
+                           training__sample_grid_every=2, training__grid_num_samples=5,
                            training__grid_respacing="5")
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 4 and np.isfinite(summary["final_loss"])
@@ -144,4 +146,10 @@ def test_grad_accumulation_and_sample_grid(tmp_path):
   assert grids == ["step_00000002.png", "step_00000004.png"]
   from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = np.asarray(Image.open(tmp_path / "train_grids" / grids[-1]))
-  assert grid.shape[0] >= 16 and grid.shape[1] >= 16 and grid.std() > 0
+  assert grid.shape == (2 * 9 + 1, 3 * 9 + 1, 3) and grid.std() > 0  # 2 rows of 3
+  # One compact line per step here (each is >= 5% of 4 steps), no metric dump.
+  lines = capsys.readouterr().err.splitlines()
+  steps = [l for l in lines if l.startswith("train  step ")]
+  assert [l.split()[2] for l in steps] == ["1/4", "2/4", "3/4", "4/4"], lines
+  assert "images/s  ETA" in steps[1] and "took" in steps[-1]
+  assert not any("grad_norm" in l for l in lines)

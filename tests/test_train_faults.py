@@ -21,7 +21,7 @@ import train_helpers as th
 NUM_STEPS = 48
 CHANGES = dict(training__num_steps=NUM_STEPS, training__log_every=1,
                training__checkpoint_every=4)
-_LOG_STEP = re.compile(rb"\[(\d+)\] eta_hours=")
+_LOG_STEP = re.compile(rb"train  step (\d+)/")
 
 
 def _wait_for_training(proc, log_path, timeout=300.0, after_step=0):

@@ -76,12 +76,11 @@ def start_main(args: list[str], env: dict[str, str], log_path: str) -> subproces
 
 def read_checkpoint(workdir: str, step: int, config, mesh=None) -> Any:
   """Host numpy (params, ema_params) of one checkpoint of a run."""
-  from mem_diffusion import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
+  from mem_diffusion import checkpoint, parallel, state as state_lib  # pylint: disable=g-import-not-at-top
   mesh = mesh or parallel.data_mesh()
-  *_, init_fn, _ = train.build(config, mesh)
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=100) as ckpt:
-    state, _ = ckpt.restore(step, train.abstract_state(init_fn, config, mesh))
+    state, _ = ckpt.restore(step, state_lib.abstract_state(config, mesh))
   return jax.tree.map(np.asarray, (state.params, state.ema_params))
 
 

@@ -109,9 +109,10 @@ def train_api(config, mesh):
   The only use of mem_diffusion.train, so that the train module's API can move
   without touching the rest of this script.
   """
+  from mem_diffusion import state as state_lib  # pylint: disable=g-import-not-at-top
   from mem_diffusion import train  # pylint: disable=g-import-not-at-top
-  model, diffusion, _, _, init_fn, train_step = train.build(config, mesh)
-  return model, diffusion, train_step, lambda: train.initial_state(init_fn, config, mesh)
+  model, diffusion, _, _, _, train_step = train.build(config, mesh)
+  return model, diffusion, train_step, lambda: state_lib.initial_state(config, mesh)
 
 
 def best_seconds(run: Callable[[], Any], sync: Callable[[Any], Any], *, iters: int,

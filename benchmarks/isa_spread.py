@@ -25,6 +25,7 @@ import numpy as np
 
 from configs import toy_capacity
 from mem_diffusion import data, parallel, replicates, sampling, train
+from mem_diffusion import state as state_lib
 
 
 def _config(num_images: int, steps: int, seed: int):
@@ -50,8 +51,8 @@ def main() -> None:
   for seed in seeds:
     config = _config(args.num_images, marks[-1], seed)
     train_set = data.build_train_set(config.data)
-    *_, init_fn, train_step = train.build(config, mesh)
-    state = train.initial_state(init_fn, config, mesh)
+    *_, train_step = train.build(config, mesh)
+    state = state_lib.initial_state(config, mesh)
     sampler = sampling.make_chunk_sampler(config, mesh)
     dataset = data.make_dataset(train_set, config.data,
                                 global_batch_size=config.training.batch_size,

@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mem_diffusion import errors
 from mem_diffusion import parallel
 from mem_diffusion import replicates
 from mem_diffusion.workdir import Workdir
@@ -75,6 +76,10 @@ class Watcher:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh,
                train_images: np.ndarray, heldout: np.ndarray | None, *, start_step: int):
     from mem_diffusion import sampling  # pylint: disable=g-import-not-at-top  # sampling imports the model stack
+    if config.eval.every_num_samples % mesh.devices.size:
+      raise errors.ConfigError(
+          f"eval.every_num_samples={config.eval.every_num_samples} must be divisible by the "
+          f"number of devices ({mesh.devices.size})")
     self._every = int(config.eval.every_steps)
     self._threshold = float(config.eval.ratio_threshold)
     self._seed = int(config.sampling.seed)

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from mem_diffusion import checkpoint as checkpoint_lib
+from mem_diffusion import errors
 from mem_diffusion import parallel
 from mem_diffusion import progress as progress_lib
 from mem_diffusion import state as state_lib
@@ -143,6 +144,24 @@ def _cached_chunk_sampler(relevant_json: str, mesh: jax.sharding.Mesh):
                  out_shardings=sharded)
 
 
+def preview_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """(ema_params, key) -> uint8 images of training's periodic preview grid.
+
+  The sampling module's chunk sampler with the preview's size and chain
+  length (training.grid_*) and the sampling section's other settings, so the
+  preview shows what --mode=sample would make, only fewer and coarser. The
+  chunk is rounded up to a multiple of the device count and truncated.
+  """
+  n = config.training.grid_num_samples
+  devices = mesh.devices.size
+  preview = config.copy_and_resolve_references()
+  preview.sampling.batch_size = -(-n // devices) * devices
+  preview.sampling.respacing = config.training.grid_respacing
+  preview.sampling.use_ddim = False  # DDIM only if grid_respacing says 'ddimN'
+  sample_chunk = make_chunk_sampler(preview, mesh)
+  return lambda params, key: np.asarray(parallel.fetch(sample_chunk(params, key)))[:n]
+
+
 def _spec(config: ml_collections.ConfigDict, source: dict[str, Any]) -> dict[str, Any]:
   """What a chunk depends on: chunks made under another spec are not reused."""
   s = config.sampling
@@ -175,12 +194,10 @@ def _prepare_chunk_dir(chunk_dir: str, spec: dict[str, Any]) -> None:
 
 def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes the samples npz and grid.png; returns the npz path."""
-  from mem_diffusion import validate  # pylint: disable=g-import-not-at-top
-  validate.validate_config(config)
   scfg = config.sampling
   mesh = parallel.data_mesh()
   if scfg.batch_size % mesh.devices.size:
-    raise validate.ConfigError(
+    raise errors.ConfigError(
         f"sampling.batch_size={scfg.batch_size} must be divisible by the number "
         f"of devices ({mesh.devices.size})")
   workdir = os.path.abspath(workdir)

@@ -34,6 +34,7 @@ import optax
 from mem_diffusion import checkpoint as checkpoint_lib
 from mem_diffusion import errors
 from mem_diffusion import metrics as metrics_lib
+from mem_diffusion import over_training
 from mem_diffusion import parallel
 from mem_diffusion import progress as progress_lib
 from mem_diffusion import sampling
@@ -175,24 +176,6 @@ class _SignalCatcher:
       signal.signal(s, h)
 
 
-def _make_grid_fn(config, mesh):
-  """(ema_params, key) -> uint8 images of the periodic preview grid.
-
-  The sampling module's chunk sampler with the preview's size and chain
-  length (training.grid_*) and the sampling section's other settings, so the
-  preview shows what --mode=sample would make, only fewer and coarser. The
-  chunk is rounded up to a multiple of the device count and truncated.
-  """
-  n = config.training.grid_num_samples
-  devices = mesh.devices.size
-  preview = config.copy_and_resolve_references()
-  preview.sampling.batch_size = -(-n // devices) * devices
-  preview.sampling.respacing = config.training.grid_respacing
-  preview.sampling.use_ddim = False  # DDIM only if grid_respacing says 'ddimN'
-  sample_chunk = sampling.make_chunk_sampler(preview, mesh)
-  return lambda params, key: np.asarray(parallel.fetch(sample_chunk(params, key)))[:n]
-
-
 def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
   from mem_diffusion import report  # pylint: disable=g-import-not-at-top
   grid = report.image_grid(images)
@@ -200,19 +183,20 @@ def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
   writer.write_images(step, {"samples": grid[None]})
 
 
-def _guard_workdir(config, workdir: str) -> None:
-  """Refuses to resume a workdir whose config.json differs in unsafe keys."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      safe = validate.guard_workdir_config(f.read(), config)
-    if safe:
-      logging.info("resuming with changed safe keys: %s", ", ".join(safe))
-
-
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+
+def _over_training_watcher(config, workdir: str, mesh, train_set, start: int):
+  """The memorization-over-training scorer, or None when eval.every_steps is 0."""
+  if not over_training.enabled(config):
+    return None
+  from mem_diffusion import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  n = min(config.eval.num_heldout, data.heldout_available(config.data))
+  heldout = data.heldout_images(config.data, n) if n >= 4 else None
+  return over_training.Watcher(config, workdir, mesh, train_set.images, heldout,
+                               start_step=start)
 
 
 def _metric_writer(workdir: str):
@@ -252,17 +236,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   """Trains to config.training.num_steps, resuming from the latest checkpoint.
 
   Returns the train summary (also written to <workdir>/train_summary.json).
-  Raises validate.ConfigError for an unrunnable config or a config that does
-  not match the workdir, TrainingDivergedError on NaN/inf, Preempted on
-  SIGTERM/SIGINT (after saving the current step), and
-  checkpoint.CheckpointCorruptError when checkpoints exist but none restores.
+  The caller (stages.run) has validated the config and checked it against
+  the workdir's record. Raises ConfigError when the batch does not split over
+  the devices, TrainingDivergedError on NaN/inf, Preempted on SIGTERM/SIGINT
+  (after saving the current step), and checkpoint.CheckpointCorruptError
+  when checkpoints exist but none restores.
   """
   session_start = time.time()
-  validate.validate_config(config)
   mesh = parallel.data_mesh()
   validate.check_devices(config, mesh.devices.size)
   workdir = os.path.abspath(workdir)
-  _guard_workdir(config, workdir)
 
   # Data errors (e.g. CIFAR-10 not prepared) surface here, before any compute
   # and before the workdir is claimed by a config.json.
@@ -311,7 +294,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     progress.say(f"{origin}; training to step {num_steps}, {tcfg.batch_size} "
                  f"images per step on {mesh.devices.size} devices (the first "
                  "step compiles)")
-    grid_fn = _make_grid_fn(config, mesh) if tcfg.sample_grid_every else None
+    grid_fn = sampling.preview_sampler(config, mesh) if tcfg.sample_grid_every else None
+    watcher = _over_training_watcher(config, workdir, mesh, train_set, start)
     grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state_lib.GRID)
     dataset = data.make_dataset(
         train_set, config.data, global_batch_size=tcfg.batch_size,
@@ -376,6 +360,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
           ckpt.wait()
           writer.flush()
           raise Preempted(step, signals.signum or signal.SIGTERM)
+        if watcher is not None and watcher.due(step):
+          flush_checked()
+          point = watcher(step, state.ema_params, writer)
+          progress.say(f"step {step}: replicate ratio {point['replicate_ratio']:.3f} "
+                       f"({point['num_samples']} samples)")
         if grid_fn is not None and step % tcfg.sample_grid_every == 0:
           flush_checked()
           images = grid_fn(state.ema_params, grid_key)

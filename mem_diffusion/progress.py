@@ -2,10 +2,10 @@
 
 Training, sampling and evaluation run for minutes to days; their detailed
 numbers go to TensorBoard and JSON files, and the terminal (or a job's log
-file) gets one short line per ~5% of the work, or every few minutes when 5%
+file) gets one short line per 10% of the work, or every few minutes when 10%
 takes longer:
 
-  train  step 1200/24000 (5%)  loss 0.0312  12.3 images/s  ETA 30m54s
+  train  step 2400/24000 (10%)  loss 0.0312  12.3 images/s  ETA 30m54s
 
 When the stream is a terminal, a single live bar is also redrawn in place
 (carriage return) between those lines, so one can watch a run without
@@ -64,7 +64,7 @@ class Progress:
   def __init__(self, total: int, *, label: str, unit: str = "step",
                items_per_unit: int | None = None, items_name: str = "images",
                stream: TextIO | None = None, live: bool | None = None,
-               every_fraction: float = 0.05, every_seconds: float = 300.0,
+               every_fraction: float = 0.1, every_seconds: float = 300.0,
                refresh_seconds: float = 0.25, enabled: bool = True,
                clock: Callable[[], float] = time.monotonic):
     self.total = max(int(total), 0)
@@ -185,3 +185,8 @@ class Progress:
     self._bar_width = len(text)
     self.stream.write("\r" + padded)
     self.stream.flush()
+
+
+def devices_text(n: int) -> str:
+  """'1 device', '4 devices'."""
+  return f"{n} device" + ("" if n == 1 else "s")

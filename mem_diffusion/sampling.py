@@ -216,7 +216,7 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
   progress = progress_lib.Progress(num_chunks, label="sample", unit="chunk",
                                    items_per_unit=chunk, enabled=lead)
   progress.say(f"{n} images in {num_chunks} chunks of {chunk} with the "
-               f"{chain_description(scfg)} on {mesh.devices.size} devices")
+               f"{chain_description(scfg)} on {progress_lib.devices_text(mesh.devices.size)}")
   for c in range(num_chunks):
     path = os.path.join(chunk_dir, f"chunk_{c:05d}.npz")
     if os.path.exists(path):  # written by process 0 of an earlier run

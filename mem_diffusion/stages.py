@@ -296,10 +296,11 @@ def summary_lines(report: dict[str, Any], wd: Workdir) -> list[str]:
            f"replicate ratio      {_fmt(report.get('replicate_ratio'))}  "
            f"({report.get('num_replicates', '-')}/{n} samples with d1/d2 < "
            f"{_fmt(report.get('threshold'), 3)}; 95% CI {_fmt(ci[0])}-{_fmt(ci[1])})"]
-  if "replicate_ratio_dedup" in report:
-    dci = report.get("replicate_dedup_ci95") or [None, None]
-    lines.append(f"  duplicates merged  {_fmt(report['replicate_ratio_dedup'])}  "
-                 f"(95% CI {_fmt(dci[0])}-{_fmt(dci[1])})")
+  if report.get("num_duplicate_train_pairs"):
+    dci = report.get("replicate_ci95_dedup") or [None, None]
+    lines.append(f"  duplicates merged  {_fmt(report.get('replicate_ratio_dedup'))}  "
+                 f"({report['num_duplicate_train_pairs']} duplicate training pairs; "
+                 f"95% CI {_fmt(dci[0])}-{_fmt(dci[1])})")
   lines.append(f"blend ratio          {_fmt(report.get('blend_ratio'))}")
   quality = report.get("quality") or {}
   if "unavailable" in quality:

@@ -292,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     origin = (f"resumed at step {start} from {ckpt_dir}" if restored is not None
               else "starting at step 0")
     progress.say(f"{origin}; training to step {num_steps}, {tcfg.batch_size} "
-                 f"images per step on {mesh.devices.size} devices (the first "
+                 f"images per step on {progress_lib.devices_text(mesh.devices.size)} (the first "
                  "step compiles)")
     grid_fn = sampling.preview_sampler(config, mesh) if tcfg.sample_grid_every else None
     watcher = _over_training_watcher(config, workdir, mesh, train_set, start)

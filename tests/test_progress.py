@@ -29,17 +29,17 @@ def _run(total, stream, seconds_per_step=0.5, **kwargs):
   return p
 
 
-def test_log_file_gets_a_line_per_five_percent_with_eta():
+def test_log_file_gets_a_line_per_ten_percent_with_eta():
   stream = io.StringIO()  # not a TTY: plain lines only
   _run(200, stream)
   lines = stream.getvalue().splitlines()
   assert "\r" not in stream.getvalue()
   steps = [int(re.search(r"step (\d+)/200 ", l).group(1)) for l in lines]
-  # The first step (rate unknown), then every 10 steps (5% of 200), then the end.
-  assert steps == [1] + list(range(10, 201, 10)), steps
+  # The first step (rate unknown), then every 20 steps (10% of 200), then the end.
+  assert steps == [1] + list(range(20, 201, 20)), steps
   assert lines[0] == "train  step 1/200 (0%)  loss 0.25"
-  # 2 steps/s of 8 images; 190 steps left at step 10 take 95 s.
-  assert lines[1] == "train  step 10/200 (5%)  loss 0.25  16 images/s  ETA 1m35s"
+  # 2 steps/s of 8 images; 180 steps left at step 20 take 90 s.
+  assert lines[1] == "train  step 20/200 (10%)  loss 0.25  16 images/s  ETA 1m30s"
   assert "skipped" not in stream.getvalue()
   assert lines[-1].startswith("train  step 200/200 (100%)")
   assert "ETA" not in lines[-1] and lines[-1].endswith("took 1m40s")
@@ -57,7 +57,7 @@ def test_slow_runs_also_print_every_few_minutes():
 
 def test_terminal_gets_a_live_bar_between_lines():
   stream = _Terminal()
-  p = _run(40, stream, refresh_seconds=0.0)
+  p = _run(40, stream, refresh_seconds=0.0, every_fraction=0.05)
   p.say("resumed at step 0")
   text = stream.getvalue()
   chunks = text.split("\r")

@@ -30,6 +30,7 @@ import optax
 
 from mem_diffusion import checkpoint as checkpoint_lib
 from mem_diffusion import errors
+from mem_diffusion import files
 from mem_diffusion import metrics as metrics_lib
 from mem_diffusion import parallel
 from mem_diffusion import validate
@@ -299,7 +300,7 @@ def _guard_workdir(config, workdir: str) -> None:
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
 
 def _summary(state: TrainState, meta: dict[str, Any], mesh, *,
@@ -462,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        images_per_second=images_per_second, config=config)
     summary["resumed_from_step"] = start
     if jax.process_index() == 0:
-      metrics_lib.write_json(summary_path, summary)
+      files.write_json(summary_path, summary)
     logging.info("training done at step %d: params_sha256 %s",
                  summary["step"], summary["params_sha256"])
   writer.close()

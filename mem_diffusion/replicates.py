@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mem_diffusion import files
 from mem_diffusion import neighbors
 from mem_diffusion import npz_io
 from mem_diffusion.blends import blend_partners, blend_projection
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   from mem_diffusion import report as report_lib  # pylint: disable=import-outside-toplevel
   try:
+    for flag in ("out", "per_sample", "grid", "hist"):  # before any compute
+      if getattr(args, flag):
+        files.check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     samples, sample_labels = npz_io.load_npz(args.samples, name=args.samples)
     train, train_labels = npz_io.load_npz(args.train, name=args.train)
     if samples.shape[1:] != train.shape[1:]:
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
   report["samples_path"], report["train_path"] = args.samples, args.train
-  report_lib.write_json(args.out, report)
+  files.write_json(args.out, report)
   if args.per_sample:
     np.savez(args.per_sample, **per_sample)
   if args.grid:

@@ -23,6 +23,7 @@ starting over from step 0.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -109,8 +110,16 @@ class Checkpointer:
   def __enter__(self) -> "Checkpointer":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc is None:
+      self.close()
+      return
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax re-raises a failed save from each of its layers; the error
+      # already on its way out is the one to report.
+      logging.warning("closing %s after an error: %s", self.directory, _first_line(e))
 
   def close(self) -> None:
     """Waits for pending saves, then releases the manager.
@@ -118,10 +127,17 @@ class Checkpointer:
     Raises:
       OutputError: the last save failed (see `wait`).
     """
+    step = self._pending
     try:
       self.wait()
-    finally:
+    except BaseException:
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      raise
+    try:
       self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from e
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

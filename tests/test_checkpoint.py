@@ -1,13 +1,19 @@
 """Checkpointer: async saves survive the context, keep-last-K, exact restore,
-and unfinished (temporary) saves are invisible and cleaned up."""
+unfinished (temporary) saves are invisible and cleaned up, and a save the
+disk refuses is one OutputError that costs no older checkpoint."""
 
+import contextlib
+import errno
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from mem_diffusion import checkpoint, metrics, parallel
+from mem_diffusion import checkpoint, errors, metrics, parallel
+import disk_helpers
 
 
 def _state(x):
@@ -42,3 +48,91 @@ def test_tree_sha256_sees_values_dtypes_and_names():
   assert metrics.tree_sha256(a) != metrics.tree_sha256({"y": np.zeros(3, np.float32)})
   b = {"x": np.array([0, 0, np.float32(1e-45)], np.float32)}
   assert metrics.tree_sha256(a) != metrics.tree_sha256(b)
+
+
+# ----------------------------------------------------------------------------
+# A save that cannot be written (disk full, read-only): one OutputError line,
+# the older checkpoints intact, the failed save's temporary folder removed by
+# the next Checkpointer, and saving works again once there is space.
+
+def _random_state(step):
+  """1 MiB of incompressible values (orbax compresses array chunks)."""
+  return {"w": jax.random.normal(jax.random.key(step), (256, 1024), jnp.float32)}
+
+
+def _fail_commit_of(step, monkeypatch):
+  """Injects ENOSPC into the last write of one step's save: orbax's
+  checkpoint metadata with the commit time, written (from its finalize
+  thread) after every array and item is on disk. An earlier injection point
+  would leave tensorstore still writing array files into the temporary
+  folder after the error, racing this process's own cleanup of it."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  cls = type(epath.Path("/"))
+  real = cls.write_text
+
+  def write_text(self, data, *args, **kwargs):
+    if (f"{os.sep}{step}.orbax-checkpoint-tmp" in str(self)
+        and self.name == "_CHECKPOINT_METADATA"
+        and '"commit_timestamp_nsecs": null' not in data):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+    return real(self, data, *args, **kwargs)
+
+  monkeypatch.setattr(cls, "write_text", write_text)
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "injected"])
+def test_failed_save_is_one_output_error_and_keeps_the_last_good_one(disk, tmp_path,
+                                                                      monkeypatch):
+  mesh = parallel.data_mesh()
+  rep = parallel.replicated(mesh)
+  directory = str(tmp_path / "ckpt")
+  with contextlib.ExitStack() as stack:
+    if disk == "tmpfs":  # room for 3 checkpoints of ~1 MiB, not 4
+      stack.enter_context(disk_helpers.small_disk(directory, "3700k"))
+    else:
+      _fail_commit_of(4, monkeypatch)
+    with pytest.raises(errors.OutputError) as err:
+      with checkpoint.Checkpointer(directory, keep=10) as ckpt:
+        for step in range(1, 7):
+          ckpt.save(step, jax.device_put(_random_state(step), rep), {"step": step})
+    message = str(err.value)
+    assert "\n" not in message and err.value.exit_code == 1
+    assert message.startswith(f"cannot write checkpoint 4 in {directory}: No space left "
+                              "on device (")
+    assert "free on its filesystem" in message
+    assert "a rerun resumes from step 3, the last good checkpoint" in message
+    assert {n for n in os.listdir(directory) if n.isdigit()} == {"1", "2", "3"}
+
+    monkeypatch.undo()  # space again
+    if disk == "tmpfs":
+      shutil.rmtree(os.path.join(directory, "1"))
+    abstract = checkpoint.abstract_like(jax.eval_shape(lambda: _random_state(0)), rep)
+    with checkpoint.Checkpointer(directory, keep=10) as ckpt:
+      step, state, meta = ckpt.restore_latest(abstract)
+      assert step == 3 and meta["step"] == 3
+      assert metrics.tree_sha256(jax.device_get(state)) == metrics.tree_sha256(
+          jax.device_get(_random_state(3)))
+      ckpt.save(4, jax.device_put(_random_state(4), rep), {"step": 4})
+    assert sorted(os.listdir(directory)) == (["2", "3", "4"] if disk == "tmpfs"
+                                             else ["1", "2", "3", "4"])
+
+
+def test_read_only_filesystem_is_one_output_error(tmp_path):
+  mesh = parallel.data_mesh()
+  rep = parallel.replicated(mesh)
+  directory = str(tmp_path / "ckpt")
+  with disk_helpers.small_disk(directory, "4m"):
+    with pytest.raises(errors.OutputError) as err:
+      with checkpoint.Checkpointer(directory, keep=10) as ckpt:
+        ckpt.save(1, jax.device_put(_random_state(1), rep), {"step": 1})
+        ckpt.wait()
+        disk_helpers.remount(directory, "ro")
+        ckpt.save(2, jax.device_put(_random_state(2), rep), {"step": 2})
+        ckpt.wait()
+    disk_helpers.remount(directory, "rw")
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"cannot write checkpoint 2 in {directory}: Read-only file "
+                              "system ("), message
+    assert "write somewhere else (a rerun resumes from step 1" in message
+    assert sorted(n for n in os.listdir(directory) if n.isdigit()) == ["1"]

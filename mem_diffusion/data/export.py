@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import zipfile
 
 from absl import app
@@ -29,6 +30,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from mem_diffusion import files
 from mem_diffusion import report
 from mem_diffusion.data import generators, mondrian, train_set as train_set_lib
 
@@ -124,6 +126,11 @@ def main(argv):
     raise app.UsageError("give --out FILE.npz and/or --preview DIR")
   data_cfg = config.data
   if _FLAGS["out"].value:
+    try:  # before the train set is built
+      files.check_output_path(_FLAGS["out"].value)
+    except files.InputError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(e.exit_code)
     ts = export(data_cfg, _FLAGS["out"].value)
   else:
     ts = train_set_lib.build_train_set(data_cfg)

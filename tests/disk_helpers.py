@@ -59,3 +59,26 @@ def fill(directory: str, leave: int) -> str:
       if e.errno != errno.ENOSPC:
         raise
   return filler
+
+
+def fail_checkpoint_commit(step: int, monkeypatch) -> None:
+  """Injects ENOSPC into the last write of one step's orbax save.
+
+  That is the checkpoint metadata carrying the commit time, written from
+  orbax's finalize thread after every array and item is on disk. An earlier
+  injection point would leave tensorstore still writing array files into
+  the temporary folder after the error, racing this process's own cleanup
+  of it (a real run exits instead). `monkeypatch.undo()` frees the disk.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  cls = type(epath.Path("/"))
+  real = cls.write_text
+
+  def write_text(self, data, *args, **kwargs):
+    if (f"{os.sep}{step}.orbax-checkpoint-tmp" in str(self)
+        and self.name == "_CHECKPOINT_METADATA"
+        and '"commit_timestamp_nsecs": null' not in data):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+    return real(self, data, *args, **kwargs)
+
+  monkeypatch.setattr(cls, "write_text", write_text)

@@ -3,7 +3,6 @@ unfinished (temporary) saves are invisible and cleaned up, and a save the
 disk refuses is one OutputError that costs no older checkpoint."""
 
 import contextlib
-import errno
 import os
 import shutil
 
@@ -60,26 +59,6 @@ def _random_state(step):
   return {"w": jax.random.normal(jax.random.key(step), (256, 1024), jnp.float32)}
 
 
-def _fail_commit_of(step, monkeypatch):
-  """Injects ENOSPC into the last write of one step's save: orbax's
-  checkpoint metadata with the commit time, written (from its finalize
-  thread) after every array and item is on disk. An earlier injection point
-  would leave tensorstore still writing array files into the temporary
-  folder after the error, racing this process's own cleanup of it."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  cls = type(epath.Path("/"))
-  real = cls.write_text
-
-  def write_text(self, data, *args, **kwargs):
-    if (f"{os.sep}{step}.orbax-checkpoint-tmp" in str(self)
-        and self.name == "_CHECKPOINT_METADATA"
-        and '"commit_timestamp_nsecs": null' not in data):
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-    return real(self, data, *args, **kwargs)
-
-  monkeypatch.setattr(cls, "write_text", write_text)
-
-
 @pytest.mark.parametrize("disk", ["tmpfs", "injected"])
 def test_failed_save_is_one_output_error_and_keeps_the_last_good_one(disk, tmp_path,
                                                                       monkeypatch):
@@ -90,7 +69,7 @@ def test_failed_save_is_one_output_error_and_keeps_the_last_good_one(disk, tmp_p
     if disk == "tmpfs":  # room for 3 checkpoints of ~1 MiB, not 4
       stack.enter_context(disk_helpers.small_disk(directory, "3700k"))
     else:
-      _fail_commit_of(4, monkeypatch)
+      disk_helpers.fail_checkpoint_commit(4, monkeypatch)
     with pytest.raises(errors.OutputError) as err:
       with checkpoint.Checkpointer(directory, keep=10) as ckpt:
         for step in range(1, 7):

@@ -195,12 +195,13 @@ def write_json(path: str, obj: Any) -> None:
   write_bytes(path, text.encode())
 
 
-def check_output_path(path: str, what: str = "--out") -> str:
+def check_output_path(path: str, what: str = "--out", *, create_parent: bool = False) -> str:
   """Refuses, before any compute, an output path that cannot be written.
 
-  The parent folder must exist and be writable, and `path` must not be a
-  directory or a special file (renaming over /dev/null would replace it).
-  Returns `path`.
+  The parent folder must exist and be writable (with `create_parent`: the
+  nearest existing folder above it, for writers that create the rest), and
+  `path` must not be a directory or a special file (renaming over /dev/null
+  would replace it). Returns `path`.
 
   Raises:
     InputError: one line naming `what` and the path.
@@ -214,6 +215,9 @@ def check_output_path(path: str, what: str = "--out") -> str:
   if os.path.exists(full) and not os.path.isfile(full):
     raise InputError(f"{label} is {file_kind(os.stat(full).st_mode)}, not a regular file")
   parent = os.path.dirname(full)
+  if create_parent:
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+      parent = os.path.dirname(parent)
   if not os.path.exists(parent):
     raise InputError(f"{label}: the folder {parent} does not exist; create it first")
   if not os.path.isdir(parent):

@@ -446,3 +446,11 @@ def test_full_disk_during_training_stops_then_resumes_exactly(disk, reference, p
     assert resumed["params_sha256"] == reference["params_sha256"]
     assert resumed["ema_sha256"] == reference["ema_sha256"]
     assert not [n for n in os.listdir(ckpt_dir) if "tmp" in n]
+
+
+def test_check_output_path_may_leave_missing_folders_to_the_writer(tmp_path):
+  nested = str(tmp_path / "a" / "b" / "set.npz")
+  assert files.check_output_path(nested, create_parent=True) == nested
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(errors.InputError, match="is not a directory"):
+    files.check_output_path(str(tmp_path / "file" / "b" / "set.npz"), create_parent=True)

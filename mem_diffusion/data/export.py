@@ -127,7 +127,7 @@ def main(argv):
   data_cfg = config.data
   if _FLAGS["out"].value:
     try:  # before the train set is built
-      files.check_output_path(_FLAGS["out"].value)
+      files.check_output_path(_FLAGS["out"].value, create_parent=True)
     except files.InputError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(e.exit_code)

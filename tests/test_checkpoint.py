@@ -1,8 +1,10 @@
 """Checkpointer: async saves survive the context, keep-last-K, exact restore,
 unfinished (temporary) saves are invisible and cleaned up, and a save the
-disk refuses is one OutputError that costs no older checkpoint."""
+disk refuses is one OutputError that costs no older checkpoint, also in the
+middle of training, where a rerun with space resumes exactly."""
 
 import contextlib
+import json
 import os
 import shutil
 
@@ -11,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import checkpoint, errors, metrics, parallel
+from mem_diffusion import checkpoint, errors, metrics, parallel, train
 import disk_helpers
+import train_helpers as th
 
 
 def _state(x):
@@ -115,3 +118,60 @@ def test_read_only_filesystem_is_one_output_error(tmp_path):
                               "system ("), message
     assert "write somewhere else (a rerun resumes from step 1" in message
     assert sorted(n for n in os.listdir(directory) if n.isdigit()) == ["1"]
+
+
+# ----------------------------------------------------------------------------
+# A checkpoint save that fails mid-training; a rerun with space resumes
+# exactly: same parameters as an uninterrupted run.
+
+FINAL, PARTIAL = 16, 8  # steps; checkpoints every 4
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ref"))
+  return train.train_and_evaluate(th.micro_config(training__num_steps=FINAL), workdir)
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory):
+  """A run stopped after PARTIAL steps (checkpoints 4 and 8)."""
+  workdir = str(tmp_path_factory.mktemp("partial"))
+  train.train_and_evaluate(th.micro_config(training__num_steps=PARTIAL), workdir)
+  return workdir
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "injected"])
+def test_full_disk_during_training_stops_then_resumes_exactly(disk, reference, partial,
+                                                              tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  shutil.copytree(partial, workdir, ignore=shutil.ignore_patterns("checkpoints"))
+  with contextlib.ExitStack() as stack:
+    if disk == "tmpfs":  # a checkpoint is ~3.3 MB; 4 fit, and the filler leaves 256 KiB
+      stack.enter_context(disk_helpers.small_disk(ckpt_dir, "24m"))
+    shutil.copytree(os.path.join(partial, "checkpoints"), ckpt_dir, dirs_exist_ok=True)
+    if disk == "tmpfs":
+      filler = disk_helpers.fill(ckpt_dir, leave=256 << 10)
+    else:
+      disk_helpers.fail_checkpoint_commit(12, monkeypatch)
+
+    with pytest.raises(errors.OutputError) as err:
+      train.train_and_evaluate(th.micro_config(training__num_steps=FINAL), workdir)
+    message = str(err.value)
+    assert "\n" not in message and err.value.exit_code == 1, message
+    assert message.startswith(f"cannot write checkpoint 12 in {ckpt_dir}: No space left on "
+                              "device ("), message
+    assert message.endswith("(a rerun resumes from step 8, the last good checkpoint)"), message
+    assert sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) == [4, 8]
+    with open(os.path.join(workdir, "train_summary.json")) as f:
+      assert json.load(f)["step"] == PARTIAL  # the copied one, not overwritten
+
+    if disk == "tmpfs":
+      os.remove(filler)
+    monkeypatch.undo()
+    resumed = train.train_and_evaluate(th.micro_config(training__num_steps=FINAL), workdir)
+    assert resumed["resumed_from_step"] == PARTIAL and resumed["step"] == FINAL
+    assert resumed["params_sha256"] == reference["params_sha256"]
+    assert resumed["ema_sha256"] == reference["ema_sha256"]
+    assert not [n for n in os.listdir(ckpt_dir) if "tmp" in n]

@@ -8,9 +8,10 @@ saying what the file is. The reads run in a daemon thread with a deadline, so
 a regression that blocks on a FIFO (or reads /dev/zero forever) fails here
 instead of hanging CI.
 
-Every write through mem_diffusion.files, and a checkpoint save in the middle
-of training, meets a full disk: a real small tmpfs where this machine lets
-the test mount one (tests/disk_helpers.py), and an injected ENOSPC always.
+Every write through mem_diffusion.files meets a full disk: a real small
+tmpfs where this machine lets the test mount one (tests/disk_helpers.py),
+and an injected ENOSPC always. Checkpoint saves that fail, alone and in the
+middle of training: tests/test_checkpoint.py.
 """
 
 import contextlib
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 import pytest
 
-from mem_diffusion import convert, errors, files, npz_io, parallel, replicates, sampling, train
+from mem_diffusion import convert, errors, files, npz_io, parallel, replicates, sampling
 import disk_helpers
 import train_helpers as th
 
@@ -389,63 +390,6 @@ def test_replicates_cli_checks_out_before_reading(tmp_path, capsys):
                         "--out", str(tmp_path / "missing" / "r.json")])
   err = capsys.readouterr().err.strip()
   assert rc == 2 and err.startswith("error: --out ") and "does not exist" in err, err
-
-
-# ----------------------------------------------------------------------------
-# A checkpoint save that fails mid-training; a rerun with space resumes
-# exactly: same parameters as an uninterrupted run.
-
-FINAL, PARTIAL = 16, 8  # steps; checkpoints every 4
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ref"))
-  return train.train_and_evaluate(th.micro_config(training__num_steps=FINAL), workdir)
-
-
-@pytest.fixture(scope="module")
-def partial(tmp_path_factory):
-  """A run stopped after PARTIAL steps (checkpoints 4 and 8)."""
-  workdir = str(tmp_path_factory.mktemp("partial"))
-  train.train_and_evaluate(th.micro_config(training__num_steps=PARTIAL), workdir)
-  return workdir
-
-
-@pytest.mark.parametrize("disk", ["tmpfs", "injected"])
-def test_full_disk_during_training_stops_then_resumes_exactly(disk, reference, partial,
-                                                              tmp_path, monkeypatch):
-  workdir = str(tmp_path / "run")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  shutil.copytree(partial, workdir, ignore=shutil.ignore_patterns("checkpoints"))
-  with contextlib.ExitStack() as stack:
-    if disk == "tmpfs":  # a checkpoint is ~3.3 MB; 4 fit, and the filler leaves 256 KiB
-      stack.enter_context(disk_helpers.small_disk(ckpt_dir, "24m"))
-    shutil.copytree(os.path.join(partial, "checkpoints"), ckpt_dir, dirs_exist_ok=True)
-    if disk == "tmpfs":
-      filler = disk_helpers.fill(ckpt_dir, leave=256 << 10)
-    else:
-      disk_helpers.fail_checkpoint_commit(12, monkeypatch)
-
-    with pytest.raises(errors.OutputError) as err:
-      train.train_and_evaluate(th.micro_config(training__num_steps=FINAL), workdir)
-    message = str(err.value)
-    assert "\n" not in message and err.value.exit_code == 1, message
-    assert message.startswith(f"cannot write checkpoint 12 in {ckpt_dir}: No space left on "
-                              "device ("), message
-    assert message.endswith("(a rerun resumes from step 8, the last good checkpoint)"), message
-    assert sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) == [4, 8]
-    with open(os.path.join(workdir, "train_summary.json")) as f:
-      assert json.load(f)["step"] == PARTIAL  # the copied one, not overwritten
-
-    if disk == "tmpfs":
-      os.remove(filler)
-    monkeypatch.undo()
-    resumed = train.train_and_evaluate(th.micro_config(training__num_steps=FINAL), workdir)
-    assert resumed["resumed_from_step"] == PARTIAL and resumed["step"] == FINAL
-    assert resumed["params_sha256"] == reference["params_sha256"]
-    assert resumed["ema_sha256"] == reference["ema_sha256"]
-    assert not [n for n in os.listdir(ckpt_dir) if "tmp" in n]
 
 
 def test_check_output_path_may_leave_missing_folders_to_the_writer(tmp_path):

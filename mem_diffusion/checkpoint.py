@@ -23,6 +23,7 @@ starting over from step 0.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -34,12 +35,21 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mem_diffusion import errors
+from mem_diffusion import files
+
 _ITEMS = ("state", "meta")
 CHECKSUM_KEY = "state_checksum"
 _CORRUPT = re.compile(r"^(\d+)\.corrupt-(\d+)$")
 
 
 from mem_diffusion.errors import CheckpointCorruptError  # re-exported for callers
+
+# How tensorstore, which writes the arrays, words a failed write; the errno
+# is in `os_error_code='28'` (ValueError, not OSError, reaches Python).
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_WRITE_FAILURE = re.compile(r"RESOURCE_EXHAUSTED|PERMISSION_DENIED|No space left|"
+                            r"Read-only file system|Disk quota exceeded|Permission denied")
 
 
 @jax.jit
@@ -95,17 +105,39 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=_ITEMS)
+    self._pending: int | None = None  # the step of a save not yet waited for
 
   def __enter__(self) -> "Checkpointer":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc is None:
+      self.close()
+      return
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax re-raises a failed save from each of its layers; the error
+      # already on its way out is the one to report.
+      logging.warning("closing %s after an error: %s", self.directory, _first_line(e))
 
   def close(self) -> None:
-    """Waits for pending saves, then releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves, then releases the manager.
+
+    Raises:
+      OutputError: the last save failed (see `wait`).
+    """
+    step = self._pending
+    try:
+      self.wait()
+    except BaseException:
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      raise
+    try:
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from e
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -119,15 +151,49 @@ class Checkpointer:
     `meta` gets the state's checksum, which `restore` verifies.
     """
     meta = dict(meta, **{CHECKSUM_KEY: state_checksum(state)})
-    return self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(meta)),
-        force=True)
+    # The previous save's failure, if any, surfaces here rather than inside
+    # the manager's save, so it is reported for the step it belongs to.
+    self.wait()
+    try:
+      started = self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              meta=ocp.args.JsonSave(meta)),
+          force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_write_failure(e):
+        raise
+      raise self._save_failed(step, e) from e
+    self._pending = step
+    return started
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the pending save is on disk.
+
+    Raises:
+      OutputError: the pending save failed (disk full, quota, read-only or
+        unwritable folder). Orbax reports an async failure once, from the
+        first wait after it; the failed step's temporary folder stays behind,
+        invisible to `latest_step()` and removed by the next Checkpointer,
+        and no older checkpoint is deleted (orbax drops old steps only after
+        a commit succeeds).
+    """
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      # Everything the background save does is writing: any failure there
+      # is a checkpoint that could not be written.
+      raise self._save_failed(step, e) from e
+
+  def _save_failed(self, step: int | None, error: BaseException) -> errors.OutputError:
+    good = self.latest_step()
+    resume = (f" (a rerun resumes from step {good}, the last good checkpoint)"
+              if good is not None else " (no checkpoint was saved before it)")
+    return files.output_error(self.directory, _oserror_of(error),
+                              "checkpoint" if step is None else f"checkpoint {step} in",
+                              note=resume)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores `step` into the structure, dtypes and shardings of the target.
@@ -216,6 +282,29 @@ class Checkpointer:
     if jax.process_index() == 0:
       os.rename(os.path.join(self.directory, str(step)), target)
     return target
+
+
+def _is_write_failure(e: BaseException) -> bool:
+  return isinstance(e, OSError) or bool(_OS_ERROR_CODE.search(str(e))
+                                        or _WRITE_FAILURE.search(str(e)))
+
+
+def _oserror_of(e: BaseException) -> BaseException:
+  """An OSError with errno and strerror for `e`, if one can be recovered.
+
+  Orbax runs the write in threads and re-raises what tensorstore raised: a
+  ValueError whose text carries the OS error code.
+  """
+  cause = e
+  while cause is not None:
+    if isinstance(cause, OSError):
+      return cause
+    match = _OS_ERROR_CODE.search(str(cause))
+    if match:
+      code = int(match.group(1))
+      return OSError(code, os.strerror(code))
+    cause = cause.__cause__ or cause.__context__
+  return e
 
 
 def _first_line(e: BaseException) -> str:

@@ -16,16 +16,17 @@ CLI (converts a released checkpoint into a params file the sampler loads):
 
 import argparse
 import json
-import os
-import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import msgpack
 import numpy as np
 
 from mem_diffusion.config_loading import load_config
+from mem_diffusion import files, npz_io
+from mem_diffusion.errors import InputError
 from mem_diffusion.models import UNet, unet_from_config
 
 Params = Dict[str, Any]
@@ -33,6 +34,7 @@ _FLAX_TO_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weig
                        "bias": "bias"}
 _ATTENTION_1D_CONVS = ("qkv", "proj_out")
 _MAX_LISTED = 20  # names per category in an error message
+_INPUT = "input file"  # what the CLI's messages (`convert: <path>: ...`) call it
 
 
 def _torch_prefix(flax_modules: Tuple[str, ...]) -> str:
@@ -167,24 +169,80 @@ def unet_from_torch_kwargs(kwargs: Mapping[str, Any], dtype: Any = jnp.float32) 
   return UNet(**kwargs, dtype=dtype)
 
 
-def load_params(path: str) -> Params:
-  """Reads a params file written by this module's CLI."""
-  with open(path, "rb") as f:
-    return flax.serialization.msgpack_restore(f.read())
+def load_params(path: str, name: Optional[str] = None) -> Params:
+  """Reads a params file written by this module's CLI.
+
+  The file must be a regular file within the input memory budget
+  (`files.max_input_bytes()`); msgpack itself then allocates no more than
+  the file holds.
+
+  Raises:
+    InputError: one line saying what the file is instead (missing, a device,
+      empty, truncated, zero-filled, not msgpack, not a mapping of arrays).
+  """
+  name = name or path
+  data = files.read_input_bytes(path, name)
+  if not data:
+    raise InputError(f"{name}: empty file (0 bytes), not a params file; write one "
+                     "with python -m mem_diffusion.convert")
+  try:
+    params = flax.serialization.msgpack_restore(data)
+  except msgpack.exceptions.ExtraData:
+    what = ("zero-filled" if not data.strip(b"\0") else
+            "not a msgpack params file (data continues after the first value)")
+    raise InputError(f"{name}: {what} ({len(data):,} bytes)") from None
+  except (ValueError, TypeError, msgpack.exceptions.UnpackException) as e:
+    if "incomplete input" in str(e):
+      raise InputError(f"{name}: truncated: its msgpack data ends early after "
+                       f"{len(data):,} bytes; copy or convert it again") from None
+    raise InputError(f"{name}: not a msgpack params file ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  if not isinstance(params, Mapping) or not params:
+    raise InputError(f"{name}: holds {type(params).__name__} {str(params)[:40]!r}, not a "
+                     "mapping of parameter arrays")
+  return params
+
+
+def check_params_fit(params: Mapping[str, Any], model: UNet, name: str) -> None:
+  """Raises InputError unless `params` has exactly `model`'s names and shapes.
+
+  A params file of another model would otherwise fail deep inside the first
+  jitted call with a traceback about some module.
+  """
+  expected = {"/".join(p): tuple(v.shape) for p, v in _flat_params(abstract_params(model)).items()}
+  found = {"/".join(p): tuple(np.shape(v)) for p, v in _flat_params(params).items()}
+  problems = [f"missing {k}" for k in sorted(set(expected) - set(found))]
+  problems += [f"unexpected {k}" for k in sorted(set(found) - set(expected))]
+  problems += [f"{k} has shape {found[k]}, the model needs {expected[k]}"
+               for k in sorted(set(found) & set(expected)) if found[k] != expected[k]]
+  if problems:
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    raise InputError(f"{name}: not params of the configured model: "
+                     f"{'; '.join(problems[:3])}{more}")
 
 
 def save_params(params: Params, path: str) -> None:
-  with open(path, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(params))
+  files.write_bytes(path, flax.serialization.msgpack_serialize(params))
 
 
 def _read_pt(path: str) -> Dict[str, np.ndarray]:
+  # Checked before torch is imported: a device or FIFO must not be opened,
+  # and a file over the budget not read, whether or not torch is installed.
+  size = files.check_input_file(path, _INPUT).st_size
+  files.check_budget(size, _INPUT, "the file's size")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ValueError("reading a .pt checkpoint needs PyTorch (pip install torch); "
                      "or convert it to an .npz of 'param/<name>' arrays") from None
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    # mmap: the tensors stay in the page cache instead of a second copy in
+    # memory; only zip-format files (torch >= 1.6) support it.
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+  except RuntimeError as e:
+    if "mmap" not in str(e):
+      raise
+    obj = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
     raise ValueError(f"{path} is not a state_dict (a mapping of names to tensors)")
   return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
@@ -194,13 +252,12 @@ def _read_npz(path: str) -> Tuple[Dict[str, np.ndarray], Optional[Dict[str, Any]
   """The state_dict and UNetModel kwargs of a golden-format file. Diffusion
   files keep the model's kwargs under model_config_json."""
   try:
-    data = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
-  with data:
-    state = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
-    cfg_key = next((k for k in ("model_config_json", "config_json") if k in data.files), None)
-    cfg = json.loads(str(data[cfg_key])) if cfg_key else None
+    data = npz_io.read_npz(path, name=_INPUT)
+  except npz_io.NpzError as e:
+    raise InputError(f"not a readable .npz file ({e.problem})") from None
+  state = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
+  cfg_key = next((k for k in ("model_config_json", "config_json") if k in data), None)
+  cfg = json.loads(str(data[cfg_key])) if cfg_key else None
   if not state:
     raise ValueError(f"{path} holds no 'param/<name>' arrays")
   return state, cfg
@@ -208,8 +265,8 @@ def _read_npz(path: str) -> Tuple[Dict[str, np.ndarray], Optional[Dict[str, Any]
 
 def convert_file(in_path: str, out_path: str, config_spec: Optional[str] = None) -> Params:
   """Reads a checkpoint, builds the model, converts and writes params."""
-  if not os.path.isfile(in_path):
-    raise ValueError(f"input file {in_path!r} not found")
+  files.check_input_file(in_path, _INPUT)
+  files.check_output_path(out_path, "output")
   file_cfg = None
   if in_path.endswith(".npz"):
     state, file_cfg = _read_npz(in_path)

@@ -22,6 +22,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from mem_diffusion import files
 from mem_diffusion import npz_io
 from mem_diffusion import replicates
 from mem_diffusion import report as report_lib
@@ -84,7 +85,7 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
   report_lib.ratio_histogram(per_sample["ratio"], os.path.join(out_dir, "ratio_hist.png"),
                              threshold=eval_cfg.ratio_threshold)
   # report.json last: its presence marks the stage complete for --mode=all.
-  report_lib.write_json(os.path.join(out_dir, "report.json"), report)
+  files.write_json(os.path.join(out_dir, "report.json"), report)
   return report
 
 

@@ -1,4 +1,4 @@
-"""Training metrics: per-quarter loss statistics, parameter hashes, JSON files.
+"""Training metrics: per-quarter loss statistics and parameter hashes.
 
 Hash definition (documented in docs/training.md, used by train_summary.json):
 the leaves of the parameter pytree are visited in the order `jax.tree_util`
@@ -11,10 +11,7 @@ bit for bit, and only those, get the same digest.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
-import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -104,24 +101,3 @@ class Window:
           out[f"{name}_q{q}"] = float(total[f"{name}_sum_q"][q]) / n
     out["last_step_loss"] = float(fetched[-1]["loss_sum"] / fetched[-1]["count"])
     return out, bad
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Atomic write (temp file + rename): a crash never leaves half a file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                             prefix=".tmp_", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def _json_default(x):
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.floating,)):
-    return float(x)
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  raise TypeError(f"not JSON serialisable: {type(x)}")

@@ -38,12 +38,13 @@ from typing import Any
 
 import numpy as np
 
+from mem_diffusion import files
 from mem_diffusion import neighbors
 from mem_diffusion import npz_io
 from mem_diffusion.blends import blend_partners, blend_projection
 # Re-exported: the nearest-neighbour search is part of this module's API.
 from mem_diffusion.neighbors import (  # pylint: disable=unused-import
-    DEFAULT_DUP_RMS, find_duplicates, nearest_k, nearest_two)  # nearest_two: re-exported
+    DEFAULT_DUP_RMS, find_duplicates, nearest_k, nearest_two)  # noqa: F401  nearest_two: re-exported
 
 Z95 = 1.959963984540054
 
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   from mem_diffusion import report as report_lib  # pylint: disable=import-outside-toplevel
   try:
+    for flag in ("out", "per_sample", "grid", "hist"):  # before any compute
+      if getattr(args, flag):
+        files.check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     samples, sample_labels = npz_io.load_npz(args.samples, name=args.samples)
     train, train_labels = npz_io.load_npz(args.train, name=args.train)
     if samples.shape[1:] != train.shape[1:]:
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
   report["samples_path"], report["train_path"] = args.samples, args.train
-  report_lib.write_json(args.out, report)
+  files.write_json(args.out, report)
   if args.per_sample:
     np.savez(args.per_sample, **per_sample)
   if args.grid:

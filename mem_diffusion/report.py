@@ -1,4 +1,4 @@
-"""Reports on disk: JSON, PNG image grids, and the evaluation pictures.
+"""Reports on disk: PNG image grids and the evaluation pictures (JSON: files.py).
 
 matplotlib is imported inside the plotting functions (Agg backend), so that
 importing this module stays fast and works without a display.
@@ -6,45 +6,10 @@ importing this module stays fast and works without a display.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
-
-
-def _jsonable(obj: Any) -> Any:
-  if isinstance(obj, dict):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return _jsonable(obj.tolist())
-  if isinstance(obj, np.generic):
-    return obj.item()
-  if isinstance(obj, float) and not np.isfinite(obj):
-    return None  # JSON has no NaN/inf
-  return obj
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` (numpy values allowed) atomically: a temporary file, then rename.
-
-  A reader never sees a half-written report, even if the process dies.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def image_grid(images_u8: np.ndarray, ncols: int | None = None, pad: int = 1,

@@ -33,6 +33,8 @@ import numpy as np
 
 from mem_diffusion import checkpoint as checkpoint_lib
 from mem_diffusion import errors
+from mem_diffusion import files
+from mem_diffusion import npz_io
 from mem_diffusion import parallel
 from mem_diffusion import progress as progress_lib
 from mem_diffusion import state as state_lib
@@ -71,7 +73,10 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
   """
   if config.sampling.params_file:
     from mem_diffusion import convert  # pylint: disable=g-import-not-at-top
-    params = convert.load_params(config.sampling.params_file)
+    name = f"sampling.params_file {config.sampling.params_file!r}"
+    params = convert.load_params(config.sampling.params_file, name)
+    convert.check_params_fit(params, unet_from_config(config.model, config.data.image_size),
+                             name)
     params = jax.device_put(params, parallel.replicated(mesh))
     return params, {"source": os.path.abspath(config.sampling.params_file)}
 
@@ -171,12 +176,6 @@ def _spec(config: ml_collections.ConfigDict, source: dict[str, Any]) -> dict[str
           "image_size": config.data.image_size, "params": source}
 
 
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def _prepare_chunk_dir(chunk_dir: str, spec: dict[str, Any]) -> None:
   spec_path = os.path.join(chunk_dir, _SPEC_FILE)
   if os.path.exists(spec_path):
@@ -187,9 +186,15 @@ def _prepare_chunk_dir(chunk_dir: str, spec: dict[str, Any]) -> None:
     logging.warning("sampling settings or params changed since the saved chunks "
                     "were made; discarding them")
     shutil.rmtree(chunk_dir)
-  os.makedirs(chunk_dir, exist_ok=True)
-  with open(spec_path, "w") as f:
-    json.dump(spec, f, indent=1)
+  files.write_json(spec_path, spec)
+
+
+def _read_chunk(chunk_dir: str, c: int) -> np.ndarray:
+  path = os.path.join(chunk_dir, f"chunk_{c:05d}.npz")
+  try:
+    return npz_io.read_npz(path, keys=("images",), required=("images",))["images"]
+  except npz_io.InputError as e:
+    raise npz_io.InputError(f"{e}; delete it and rerun to sample that chunk again") from None
 
 
 def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -223,16 +228,14 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
       continue
     images = np.asarray(parallel.fetch(sample_chunk(params, jax.random.fold_in(root, c))))
     if lead:
-      _atomic_savez(path, images=images)
+      files.write_npz(path, images=images)
     progress.update(c + 1)
   parallel.sync("sampling_chunks_written")
 
   if lead:
-    images = np.concatenate([
-        np.load(os.path.join(chunk_dir, f"chunk_{c:05d}.npz"), allow_pickle=False)["images"]
-        for c in range(num_chunks)])[:n]
+    images = np.concatenate([_read_chunk(chunk_dir, c) for c in range(num_chunks)])[:n]
     labels = np.full((n,), scfg.label if config.model.num_classes else 0, np.int64)
-    _atomic_savez(out_path, arr_0=images, arr_1=labels)
+    files.write_npz(out_path, arr_0=images, arr_1=labels)
     from mem_diffusion import report  # pylint: disable=g-import-not-at-top
     report.save_png(os.path.join(workdir, "samples", "grid.png"),
                     report.image_grid(images[:64], ncols=8))

@@ -220,7 +220,7 @@ def markdown_table(agg: Sequence[dict[str, Any]]) -> str:
 
 def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
   """summary.csv/json/md and the figures; returns the figure paths written."""
-  from mem_diffusion import report  # pylint: disable=g-import-not-at-top
+  from mem_diffusion import files, report  # pylint: disable=g-import-not-at-top,g-multiple-import
   os.makedirs(root, exist_ok=True)
   tmp = os.path.join(root, "summary.csv.tmp")
   with open(tmp, "w", newline="") as f:
@@ -230,7 +230,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
       w.writerow(r)
   os.replace(tmp, os.path.join(root, "summary.csv"))
   agg = aggregate(rows)
-  report.write_json(os.path.join(root, "summary.json"), {"rows": list(rows), "aggregate": agg})
+  files.write_json(os.path.join(root, "summary.json"), {"rows": list(rows), "aggregate": agg})
   with open(os.path.join(root, "summary.md"), "w") as f:
     f.write(markdown_table(agg))
   figures = []

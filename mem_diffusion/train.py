@@ -33,6 +33,7 @@ import optax
 
 from mem_diffusion import checkpoint as checkpoint_lib
 from mem_diffusion import errors
+from mem_diffusion import files
 from mem_diffusion import metrics as metrics_lib
 from mem_diffusion import over_training
 from mem_diffusion import parallel
@@ -185,7 +186,7 @@ def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
 
 def _over_training_watcher(config, workdir: str, mesh, train_set, start: int):
@@ -381,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        images_per_second=images_per_second, config=config)
     summary["resumed_from_step"] = start
     if jax.process_index() == 0:
-      metrics_lib.write_json(summary_path, summary)
+      files.write_json(summary_path, summary)
     progress.say(f"done at step {summary['step']}; wrote {summary_path}")
   writer.close()
   return summary

@@ -311,3 +311,28 @@ def test_partial_eval_is_redone_and_matches_a_clean_one(tmp_path):
     with np.load(os.path.join(workdir, "eval", "per_sample.npz"), allow_pickle=False) as f:
       assert f["ratio"].shape == (len(images),)
   assert reports[0] == reports[1]
+
+
+# ----------------------------------------------------------------------------
+# Input files that are not files (issue 13): through the real CLI, one line,
+# exit 2, within the subprocess timeout (a FIFO must not block the open).
+
+@pytest.mark.parametrize("kind,needle", [
+    ("dev_zero", "a character device, not a regular file"),
+    ("fifo", "a FIFO (named pipe), not a regular file"),
+    ("zero_filled", "zero-filled (4,096 bytes)"),
+])
+def test_bad_params_file_through_the_real_cli(kind, needle, tmp_path):
+  path = "/dev/zero" if kind == "dev_zero" else str(tmp_path / "params.msgpack")
+  if kind == "fifo":
+    os.mkfifo(path)
+  elif kind == "zero_filled":
+    open(path, "wb").write(b"\0" * 4096)
+  r = _main(th.override_flags(sampling__params_file=path)
+            + [f"--workdir={tmp_path / 'w'}", "--mode=sample"])
+  assert r.returncode == 2, r.stderr[-3000:]
+  lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, r.stderr[-3000:]
+  assert lines[0].startswith(f"error: sampling.params_file {path!r}") and needle in lines[0], lines
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(tmp_path / "w" / "samples")

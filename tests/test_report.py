@@ -1,33 +1,10 @@
-"""JSON, PNG grids and the evaluation plots."""
-
-import json
-import os
+"""PNG grids and the evaluation plots (the JSON writer: tests/test_io_bounds.py)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from mem_diffusion import report
-
-
-def test_write_json_atomic_and_numpy_aware(tmp_path):
-  path = tmp_path / "sub" / "r.json"
-  report.write_json(str(path), {"a": np.int64(3), "b": np.arange(3), "c": np.float32(0.5),
-                                "d": float("nan"), 4: [np.bool_(True)]})
-  assert json.loads(path.read_text()) == {"a": 3, "b": [0, 1, 2], "c": 0.5, "d": None,
-                                          "4": [True]}
-  report.write_json(str(path), {"x": 1})  # overwrite in place
-  assert json.loads(path.read_text()) == {"x": 1}
-  assert os.listdir(path.parent) == ["r.json"]  # no temporary file left behind
-
-
-def test_write_json_failure_keeps_old_file(tmp_path):
-  path = tmp_path / "r.json"
-  report.write_json(str(path), {"ok": True})
-  with pytest.raises(TypeError):
-    report.write_json(str(path), {"bad": object()})
-  assert json.loads(path.read_text()) == {"ok": True}
-  assert os.listdir(tmp_path) == ["r.json"]
 
 
 def test_image_grid_layout_and_png_round_trip(tmp_path):

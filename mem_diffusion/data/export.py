@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import zipfile
 
 from absl import app
@@ -34,6 +35,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from mem_diffusion import files
 from mem_diffusion import report
 from mem_diffusion.data import generators, mondrian, train_set as train_set_lib
 
@@ -195,6 +197,11 @@ def main(argv):
     raise app.UsageError("--hybrid_illustration and --hybrid_readings write into --preview DIR")
   data_cfg = config.data
   if _FLAGS["out"].value:
+    try:  # before the train set is built
+      files.check_output_path(_FLAGS["out"].value, create_parent=True)
+    except files.InputError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(e.exit_code)
     ts = export(data_cfg, _FLAGS["out"].value)
   else:
     ts = train_set_lib.build_train_set(data_cfg)

@@ -36,19 +36,23 @@ from mem_diffusion import errors
 from mem_diffusion.config_loading import apply_override, load_config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Config file (e.g. configs/toy_capacity.py or "
-                    "configs/capacity.py:mondrian); data.num_original is set per run.")
-flags.DEFINE_string("root", None, "Directory holding one workdir per (N, seed).")
-flags.DEFINE_integer("lo", 16, "Smallest train-set size searched.")
-flags.DEFINE_integer("hi", 1024, "Largest train-set size searched.")
-flags.DEFINE_list("seeds", ["0"], "Seeds averaged at every N.")
-flags.DEFINE_float("high", 0.9, "Replicate ratio that counts as memorizing.")
-flags.DEFINE_float("low", 0.1, "Replicate ratio under which memorization has collapsed.")
-flags.DEFINE_float("resolution", 1.25, "Stop when the bracket's ends differ by <= this factor.")
-flags.DEFINE_multi_string("set", [], "key=value override for every run.")
-flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
-                    "'none' = off).")
-flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
+
+def _define_flags() -> None:
+  """Only when run as a script: importing this module next to another CLI must not
+  collide on flag names."""
+  flags.DEFINE_string("config", None, "Config file (e.g. configs/toy_capacity.py or "
+                      "configs/capacity.py:mondrian); data.num_original is set per run.")
+  flags.DEFINE_string("root", None, "Directory holding one workdir per (N, seed).")
+  flags.DEFINE_integer("lo", 16, "Smallest train-set size searched.")
+  flags.DEFINE_integer("hi", 1024, "Largest train-set size searched.")
+  flags.DEFINE_list("seeds", ["0"], "Seeds averaged at every N.")
+  flags.DEFINE_float("high", 0.9, "Replicate ratio that counts as memorizing.")
+  flags.DEFINE_float("low", 0.1, "Replicate ratio under which memorization has collapsed.")
+  flags.DEFINE_float("resolution", 1.25, "Stop when the bracket's ends differ by <= this factor.")
+  flags.DEFINE_multi_string("set", [], "key=value override for every run.")
+  flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
+                      "'none' = off).")
+  flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
 
 
 def bisect_last(predicate: Callable[[int], bool], lo: int, hi: int,
@@ -186,4 +190,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -58,16 +58,21 @@ PRESETS = {
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("configs", None, "Config files, each optionally with ':arg', "
-                          "comma-separated (commas inside an ':arg' are kept: a new "
-                          "config starts at each item naming a .py file); repeatable.")
-flags.DEFINE_enum("preset", None, sorted(PRESETS), "A named list of configs (instead of --configs).")
-flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) to run for every config.")
-flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
-flags.DEFINE_multi_string("set", [], "key=value override for every config, e.g. training.num_steps=500.")
-flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
-                    "'none' = off).")
-flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
+
+def _define_flags() -> None:
+  """Only when run as a script: importing this module next to another CLI must not
+  collide on flag names."""
+  flags.DEFINE_multi_string("configs", None, "Config files, each optionally with ':arg', "
+                            "comma-separated (commas inside an ':arg' are kept: a new "
+                            "config starts at each item naming a .py file); repeatable.")
+  flags.DEFINE_enum("preset", None, sorted(PRESETS), "A named list of configs (instead of --configs).")
+  flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) to run for every config.")
+  flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
+  flags.DEFINE_multi_string("set", [], "key=value override for every config, e.g. training.num_steps=500.")
+  flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
+                      "'none' = off).")
+  flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
+
 
 COLUMNS = ("name", "config", "seed", "dataset", "dummy_kind", "num_dummy", "num_original",
            "sampling", "conditional", "train_step", "final_loss", "num_samples",
@@ -316,4 +321,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

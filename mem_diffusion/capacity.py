@@ -32,7 +32,10 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from mem_diffusion import cli
 from mem_diffusion import errors
+from mem_diffusion import report as report_lib
+from mem_diffusion import runtime
 from mem_diffusion.config_loading import apply_override, load_config
 
 FLAGS = flags.FLAGS
@@ -91,13 +94,13 @@ class Search:
 
   def check(self, sizes: Sequence[int]) -> None:
     """Validates the configs at the search's ends before any run starts."""
-    from mem_diffusion import validate  # pylint: disable=g-import-not-at-top
+    from mem_diffusion import validate  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
     for n in sizes:
       validate.validate_config(self.config(n, self.seeds[0]))
 
   def ratio(self, n: int) -> float:
     if n not in self.points:
-      from mem_diffusion import stages  # pylint: disable=g-import-not-at-top  # JAX after flags
+      from mem_diffusion import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
       runs = []
       for seed in self.seeds:
         workdir = os.path.join(self.root, f"n{n}", f"seed{seed}")
@@ -117,19 +120,18 @@ class Search:
     return self.points[n]["replicate_ratio"]
 
   def write(self, result: dict[str, Any] | None = None) -> None:
-    from mem_diffusion import report  # pylint: disable=g-import-not-at-top  # matplotlib stays lazy
     points = [self.points[n] for n in sorted(self.points)]
-    report.write_json(os.path.join(self.root, "capacity.json"),
-                      {"config": self.spec, "seeds": self.seeds, "overrides": self.overrides,
-                       **(result or {}), "points": points})
+    report_lib.write_json(os.path.join(self.root, "capacity.json"),
+                          {"config": self.spec, "seeds": self.seeds, "overrides": self.overrides,
+                           **(result or {}), "points": points})
     if len(points) >= 2:
       series = {"replicate ratio": [p["replicate_ratio"] for p in points]}
       if all(p["median_d1_ratio"] is not None for p in points):
         series["median d1 / held-out"] = [p["median_d1_ratio"] for p in points]
-      report.line_plot([p["n"] for p in points], series,
-                       os.path.join(self.root, "capacity.png"), xlabel="train-set size N",
-                       title=f"capacity search: {self.spec}", logx=True,
-                       hlines=self.thresholds)
+      report_lib.line_plot([p["n"] for p in points], series,
+                           os.path.join(self.root, "capacity.png"), xlabel="train-set size N",
+                           title=f"capacity search: {self.spec}", logx=True,
+                           hlines=self.thresholds)
 
 
 def search(spec: str, root: str, *, lo: int, hi: int, seeds: Sequence[int],
@@ -166,7 +168,6 @@ def search(spec: str, root: str, *, lo: int, hi: int, seeds: Sequence[int],
 
 
 def main(argv):
-  from mem_diffusion import cli, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.config or not FLAGS.root:

@@ -28,8 +28,12 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
+from mem_diffusion import cli
 from mem_diffusion import errors
+from mem_diffusion import report as report_lib
+from mem_diffusion import runtime
 from mem_diffusion.workdir import Workdir
 
 FLAGS = flags.FLAGS
@@ -50,7 +54,8 @@ def parse_chains(text: str) -> list[str]:
 
 def export_params(config: ml_collections.ConfigDict, workdir: str, path: str) -> dict[str, Any]:
   """Writes the workdir's latest EMA params to `path` once; returns its source."""
-  import jax  # pylint: disable=g-import-not-at-top  # after flag parsing
+  # JAX loads after flag parsing.
+  import jax  # pylint: disable=g-import-not-at-top
   from mem_diffusion import convert, parallel, sampling  # pylint: disable=g-import-not-at-top,g-multiple-import
   params, source = sampling.load_sampling_params(config, workdir, parallel.data_mesh())
   if jax.process_index() == 0 and not os.path.exists(path):
@@ -74,7 +79,8 @@ def chain_config(config: ml_collections.ConfigDict, spec: str,
 def compare(config: ml_collections.ConfigDict, workdir: str,
             chains: Sequence[str]) -> list[dict[str, Any]]:
   """Trains if needed, then samples and evaluates under every chain; returns rows."""
-  from mem_diffusion import report as report_lib, stages, validate  # pylint: disable=g-import-not-at-top,g-multiple-import
+  # JAX loads after flag parsing.
+  from mem_diffusion import stages, validate  # pylint: disable=g-import-not-at-top,g-multiple-import
   for spec in chains:  # every chain must fit diffusion.steps before anything runs
     validate.validate_config(chain_config(config, spec, "unused"))
   stages.run(config, workdir, ("train",))
@@ -115,11 +121,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv):
-  from mem_diffusion import cli, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.loaded_config()
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   workdir = FLAGS.workdir or cli.default_workdir(config_flags.get_config_filename(FLAGS["config"]))
 
   def run():
@@ -133,12 +137,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from ml_collections import config_flags as _config_flags  # pylint: disable=g-import-not-at-top
-  _config_flags.DEFINE_config_file("config", None, "Experiment config file of the trained model.")
+  config_flags.DEFINE_config_file("config", None, "Experiment config file of the trained model.")
   flags.DEFINE_string("workdir", None, "The model's workdir (default: runs/<config name>).")
   flags.DEFINE_string("chains", "full,250,100,50,ddim50",
                       "Respacings to compare: 'full', 'N' (respaced), 'ddimN'.")
   flags.DEFINE_string("compile_cache", "", "Persistent compilation cache ('none' = off).")
   flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
-  from mem_diffusion import cli as _cli  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=_cli.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

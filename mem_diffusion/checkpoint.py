@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 
 from mem_diffusion import errors
 from mem_diffusion import files
+from mem_diffusion import parallel
 
 _ITEMS = ("state", "meta")
 CHECKSUM_KEY = "state_checksum"
@@ -80,7 +81,6 @@ def state_checksum(tree: Any) -> str:
   Computed on the device (a few integer ops per element), so only a vector
   of one word per leaf travels to the host, even for a 52M-parameter state.
   """
-  from mem_diffusion import parallel  # pylint: disable=g-import-not-at-top
   leaves, treedef = jax.tree.flatten(tree)
   sums = np.asarray(parallel.fetch([_leaf_sum(x) for x in leaves]), np.uint32)
   h = hashlib.sha256(str(treedef).encode())
@@ -230,7 +230,6 @@ class Checkpointer:
         moved in that case (a cause that breaks every restore, e.g. too
         little memory, must not cost the checkpoints).
     """
-    from mem_diffusion import parallel  # pylint: disable=g-import-not-at-top
     steps = sorted(self.all_steps(), reverse=True)
     broken: list[tuple[int, str]] = []
     for step in steps:

@@ -231,7 +231,7 @@ def _read_pt(path: str) -> Dict[str, np.ndarray]:
   size = files.check_input_file(path, _INPUT).st_size
   files.check_budget(size, _INPUT, "the file's size")
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top  # torch is optional
   except ImportError:
     raise ValueError("reading a .pt checkpoint needs PyTorch (pip install torch); "
                      "or convert it to an .npz of 'param/<name>' arrays") from None

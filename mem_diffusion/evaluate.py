@@ -22,10 +22,14 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from mem_diffusion import data
 from mem_diffusion import files
 from mem_diffusion import npz_io
+from mem_diffusion import over_training
+from mem_diffusion import quality
 from mem_diffusion import replicates
 from mem_diffusion import report as report_lib
+from mem_diffusion import sampling
 
 _MIN_HELDOUT = 4
 
@@ -66,7 +70,6 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
     report["replicated_train_source_counts"] = {
         str(s): int(c) for s, c in zip(*np.unique(sources[per_sample["is_replicate"]],
                                                   return_counts=True))}
-  from mem_diffusion import quality  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   if heldout is None or heldout.shape[0] < _MIN_HELDOUT:
     # E.g. 2k cars + 4k more cars uses all 6,000 CIFAR-10 cars: no real car is
@@ -91,8 +94,6 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates `<workdir>/samples/samples_*.npz`; writes `<workdir>/eval/`."""
-  from mem_diffusion import data  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import sampling  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   path = sampling.samples_path(config, workdir)
   if not os.path.exists(path):
@@ -114,7 +115,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       summary = json.load(f)
     extra["train_step"] = summary.get("step")
     extra["final_loss"] = summary.get("final_loss")
-  from mem_diffusion import over_training  # pylint: disable=g-import-not-at-top  # imports the sampler stack
   curve = over_training.read_curve(os.path.join(workdir, "eval", "over_training.json"))
   if curve:  # the final ratio next to the highest one seen while training
     extra["over_training"] = over_training.summarize(curve)

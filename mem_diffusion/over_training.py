@@ -33,6 +33,8 @@ import numpy as np
 from mem_diffusion import errors
 from mem_diffusion import parallel
 from mem_diffusion import replicates
+from mem_diffusion import report as report_lib
+from mem_diffusion import sampling
 from mem_diffusion.workdir import Workdir
 
 _KEY_TAG = 0x0E7A1  # keeps these keys apart from the final sampling run's
@@ -75,7 +77,6 @@ class Watcher:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh,
                train_images: np.ndarray, heldout: np.ndarray | None, *, start_step: int):
-    from mem_diffusion import sampling  # pylint: disable=g-import-not-at-top  # sampling imports the model stack
     if config.eval.every_num_samples % mesh.devices.size:
       raise errors.ConfigError(
           f"eval.every_num_samples={config.eval.every_num_samples} must be divisible by the "
@@ -130,15 +131,14 @@ class Watcher:
   def _write(self) -> None:
     if not self._lead:
       return
-    from mem_diffusion import report  # pylint: disable=g-import-not-at-top  # matplotlib stays lazy
     os.makedirs(self._wd.eval_dir, exist_ok=True)
-    report.write_json(self.path, {"chain": self._chain, "points": self.points,
-                                  "summary": summarize(self.points)})
+    report_lib.write_json(self.path, {"chain": self._chain, "points": self.points,
+                                      "summary": summarize(self.points)})
     steps = [p["step"] for p in self.points]
     series = {"replicate ratio": [p["replicate_ratio"] for p in self.points]}
     if all(p["median_d1_ratio"] is not None for p in self.points):
       series["median d1 / held-out"] = [p["median_d1_ratio"] for p in self.points]
     if len(steps) >= 2:
-      report.line_plot(steps, series, self.figure_path, xlabel="training step",
-                       title=f"memorization over training ({self._chain}, "
-                             f"{self.points[-1]['num_samples']} samples)")
+      report_lib.line_plot(steps, series, self.figure_path, xlabel="training step",
+                           title=f"memorization over training ({self._chain}, "
+                                 f"{self.points[-1]['num_samples']} samples)")

@@ -44,6 +44,7 @@ import numpy as np
 
 from mem_diffusion import npz_io
 from mem_diffusion import replicates
+from mem_diffusion import report
 
 FEATURE_NAME = "multiscale-v1"
 
@@ -232,7 +233,6 @@ def quality_report(samples: np.ndarray, heldout: np.ndarray, train: np.ndarray, 
       },
   }
   if figure_path:
-    from mem_diffusion import report  # pylint: disable=import-outside-toplevel
     report.distance_cdf_figure(
         [("samples", d1_s), ("held-out real", d1_h)], figure_path,
         title=f"KS {ks:.3f}; {result['d1']['frac_samples_below_heldout_p05']:.1%} of samples "

@@ -41,6 +41,7 @@ import numpy as np
 from mem_diffusion import files
 from mem_diffusion import neighbors
 from mem_diffusion import npz_io
+from mem_diffusion import report as report_lib
 from mem_diffusion.blends import blend_partners, blend_projection
 # Re-exported: the nearest-neighbour search is part of this module's API.
 from mem_diffusion.neighbors import (  # pylint: disable=unused-import
@@ -265,7 +266,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
-  from mem_diffusion import report as report_lib  # pylint: disable=import-outside-toplevel
   try:
     for flag in ("out", "per_sample", "grid", "hist"):  # before any compute
       if getattr(args, flag):

@@ -35,7 +35,7 @@ def image_grid(images_u8: np.ndarray, ncols: int | None = None, pad: int = 1,
 
 def save_png(path: str, array: np.ndarray) -> None:
   """Saves a uint8 (H, W), (H, W, 1) or (H, W, 3) array as PNG."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel  # PIL stays lazy
   if not isinstance(path, (str, os.PathLike)):
     raise TypeError(f"save_png(path, array): path must be a str, got {type(path).__name__}")
   a = np.asarray(array)
@@ -48,7 +48,7 @@ def save_png(path: str, array: np.ndarray) -> None:
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib  # pylint: disable=import-outside-toplevel  # matplotlib stays lazy
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   return plt

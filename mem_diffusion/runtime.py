@@ -54,7 +54,7 @@ def enable_compile_cache(directory: str | None) -> None:
   An unusable directory only costs the speed-up, so it is a warning, not an
   error: a read-only home must not stop a run.
   """
-  import jax  # pylint: disable=g-import-not-at-top  # after distributed init
+  import jax  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
   if directory is None:
     jax.config.update("jax_enable_compilation_cache", False)
     return

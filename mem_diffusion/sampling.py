@@ -32,11 +32,13 @@ import ml_collections
 import numpy as np
 
 from mem_diffusion import checkpoint as checkpoint_lib
+from mem_diffusion import convert
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import npz_io
 from mem_diffusion import parallel
 from mem_diffusion import progress as progress_lib
+from mem_diffusion import report
 from mem_diffusion import state as state_lib
 from mem_diffusion.diffusion import diffusion_from_config
 from mem_diffusion.diffusion import samplers
@@ -72,7 +74,6 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
   project sample from models it did not train.
   """
   if config.sampling.params_file:
-    from mem_diffusion import convert  # pylint: disable=g-import-not-at-top
     name = f"sampling.params_file {config.sampling.params_file!r}"
     params = convert.load_params(config.sampling.params_file, name)
     convert.check_params_fit(params, unet_from_config(config.model, config.data.image_size),
@@ -236,7 +237,6 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     images = np.concatenate([_read_chunk(chunk_dir, c) for c in range(num_chunks)])[:n]
     labels = np.full((n,), scfg.label if config.model.num_classes else 0, np.int64)
     files.write_npz(out_path, arr_0=images, arr_1=labels)
-    from mem_diffusion import report  # pylint: disable=g-import-not-at-top
     report.save_png(os.path.join(workdir, "samples", "grid.png"),
                     report.image_grid(images[:64], ncols=8))
     shutil.rmtree(chunk_dir)

@@ -34,9 +34,14 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 
 from mem_diffusion import errors
+from mem_diffusion import evaluate
+from mem_diffusion import report as report_lib
+from mem_diffusion import sampling
+from mem_diffusion import train
 from mem_diffusion import validate as validate_lib
 from mem_diffusion import workdir_lock
 from mem_diffusion.workdir import Workdir
@@ -62,12 +67,10 @@ def _read_json(path: str) -> Any:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  from mem_diffusion import report  # pylint: disable=g-import-not-at-top  # matplotlib stays lazy
-  report.write_json(path, obj)
+  report_lib.write_json(path, obj)
 
 
 def _is_lead() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top  # after distributed init
   return jax.process_index() == 0
 
 
@@ -212,7 +215,6 @@ def _train(config: ml_collections.ConfigDict, wd: Workdir) -> None:
   if is_complete(config, wd.root, "train"):
     _say(f"train: complete at step {config.training.num_steps} (skipped)")
     return
-  from mem_diffusion import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(config, wd.root)
 
 
@@ -224,7 +226,6 @@ def _sample(config: ml_collections.ConfigDict, wd: Workdir) -> None:
     return
   _remove([wd.samples_record, wd.eval_record]
           + glob.glob(os.path.join(wd.samples_dir, "samples_*.npz")))
-  from mem_diffusion import sampling  # pylint: disable=g-import-not-at-top
   sampling.sample_to_workdir(config, wd.root)
   if _is_lead():
     _write_json(wd.samples_record, {"stage": "sample", "fingerprint": fingerprint})
@@ -240,7 +241,6 @@ def _eval(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
     _say(f"eval: {os.path.relpath(wd.report_json)} is up to date (skipped)")
     return _read_json(wd.report_json)
   _remove([wd.eval_record])
-  from mem_diffusion import evaluate  # pylint: disable=g-import-not-at-top
   report = evaluate.evaluate_workdir(config, wd.root)
   if _is_lead():
     _write_json(wd.eval_record, {"stage": "eval", "fingerprint": fingerprint})

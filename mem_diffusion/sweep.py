@@ -42,7 +42,11 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from mem_diffusion import cli
 from mem_diffusion import errors
+from mem_diffusion import files
+from mem_diffusion import report as report_lib
+from mem_diffusion import runtime
 from mem_diffusion.config_loading import apply_override, load_config
 
 # The CPU study (issue 6): (a) capacity curve, (b) a memorized set plus GM
@@ -225,7 +229,6 @@ def markdown_table(agg: Sequence[dict[str, Any]]) -> str:
 
 def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
   """summary.csv/json/md and the figures; returns the figure paths written."""
-  from mem_diffusion import files, report  # pylint: disable=g-import-not-at-top,g-multiple-import
   os.makedirs(root, exist_ok=True)
   tmp = os.path.join(root, "summary.csv.tmp")
   with open(tmp, "w", newline="") as f:
@@ -242,15 +245,15 @@ def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
   cap = capacity_series(agg)
   if cap:
     path = os.path.join(root, "capacity.png")
-    report.study_figure(cap, "num_original", path, xlabel="train-set size N (no dummies)",
-                        title="capacity", log_x=True)
+    report_lib.study_figure(cap, "num_original", path, xlabel="train-set size N (no dummies)",
+                            title="capacity", log_x=True)
     figures.append(path)
   dummies = dummy_series(agg)
   if dummies:
     path = os.path.join(root, "dummies.png")
-    report.study_figure(dummies, "num_dummy", path,
-                        xlabel="number of dummy images (0 = none)", title="dummy data",
-                        log_x=True)
+    report_lib.study_figure(dummies, "num_dummy", path,
+                            xlabel="number of dummy images (0 = none)", title="dummy data",
+                            log_x=True)
     figures.append(path)
   return figures
 
@@ -261,7 +264,7 @@ def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
 
   A typo in the 7th config must not surface after six hours of training.
   """
-  from mem_diffusion import validate  # pylint: disable=g-import-not-at-top
+  from mem_diffusion import validate  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
   if not specs:
     raise errors.ConfigError("no configs to run")
   plan, names = [], {}
@@ -288,7 +291,7 @@ def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
   the first run starts; a locked workdir, a corrupt checkpoint or a
   diverged run when it happens, with the runs before it kept in the summary).
   """
-  from mem_diffusion import runtime, stages  # pylint: disable=g-import-not-at-top,g-multiple-import  # JAX after flags
+  from mem_diffusion import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
   plan = plan_runs(specs, seeds, root, overrides)
   runtime.setup(verbose=verbose,
                 compile_cache=compile_cache or os.path.join(root, "jax_cache"))
@@ -305,7 +308,6 @@ def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
 
 
 def main(argv):
-  from mem_diffusion import cli  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if bool(FLAGS.configs) == bool(FLAGS.preset) or not FLAGS.root:

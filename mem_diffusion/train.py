@@ -32,12 +32,14 @@ import numpy as np
 import optax
 
 from mem_diffusion import checkpoint as checkpoint_lib
+from mem_diffusion import data
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import metrics as metrics_lib
 from mem_diffusion import over_training
 from mem_diffusion import parallel
 from mem_diffusion import progress as progress_lib
+from mem_diffusion import report
 from mem_diffusion import sampling
 from mem_diffusion import state as state_lib
 from mem_diffusion import validate
@@ -178,7 +180,6 @@ class _SignalCatcher:
 
 
 def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
-  from mem_diffusion import report  # pylint: disable=g-import-not-at-top
   grid = report.image_grid(images)
   report.save_png(path, grid)
   writer.write_images(step, {"samples": grid[None]})
@@ -193,7 +194,6 @@ def _over_training_watcher(config, workdir: str, mesh, train_set, start: int):
   """The memorization-over-training scorer, or None when eval.every_steps is 0."""
   if not over_training.enabled(config):
     return None
-  from mem_diffusion import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
   n = min(config.eval.num_heldout, data.heldout_available(config.data))
   heldout = data.heldout_images(config.data, n) if n >= 4 else None
   return over_training.Watcher(config, workdir, mesh, train_set.images, heldout,
@@ -206,7 +206,7 @@ def _metric_writer(workdir: str):
   Not clu's default writer: that one also logs every scalar through absl,
   which is what the progress lines replace on the terminal.
   """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  # TensorFlow
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncMultiWriter(
@@ -250,7 +250,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   # Data errors (e.g. CIFAR-10 not prepared) surface here, before any compute
   # and before the workdir is claimed by a config.json.
-  from mem_diffusion import data  # pylint: disable=g-import-not-at-top
   train_set = data.build_train_set(config.data)
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)

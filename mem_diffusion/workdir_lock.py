@@ -22,8 +22,10 @@ import time
 from typing import Iterator
 
 from absl import logging
+import jax
 
 from mem_diffusion import errors
+from mem_diffusion import parallel
 
 LOCK_NAME = ".lock"
 
@@ -87,8 +89,6 @@ def hold_for_run(workdir: str) -> Iterator[None]:
   Agreeing across processes matters: if only process 0 stopped, the others
   would wait for it forever in their first collective.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import parallel  # pylint: disable=g-import-not-at-top
   if not jax.distributed.is_initialized():
     # One process: lock without starting the backend, so that a refused run
     # ends before JAX's start-up logging (the error stays one line).

@@ -17,10 +17,13 @@ CLI (the numbers in docs/data.md):
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
 import numpy as np
+
+from mem_diffusion.data import mondrian
 
 
 def nearest_two(queries: np.ndarray, refs: np.ndarray, *, exclude_self: bool = False,
@@ -72,7 +75,6 @@ def self_duplicate_ratio(train: np.ndarray, threshold: float = 1 / 3):
 
 def mondrian_control(seed: int, size: int, num_train: int, num_fresh: int) -> dict:
   """Fresh-draw and self-duplicate ratios of a Mondrian train set."""
-  from mem_diffusion.data import mondrian  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   train = mondrian.mondrian_images(seed, np.arange(num_train), size)
   fresh = mondrian.mondrian_images(seed, np.arange(num_fresh), size, heldout=True)
@@ -89,7 +91,6 @@ def mondrian_control(seed: int, size: int, num_train: int, num_fresh: int) -> di
 
 
 def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[32, 16, 8])
   parser.add_argument("--num_train", type=int, default=2000)

@@ -63,7 +63,7 @@ def manual_archive_path(data_dir: str) -> str:
 
 
 def _version() -> str:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # TensorFlow
   return str(tfds.builder_cls("cifar10").VERSION)
 
 
@@ -161,7 +161,7 @@ def _no_leftovers_on_failure(data_dir: str):
 
 def _prepare(builder, data_dir: str, download: bool) -> None:
   """tfds's own preparation, from the manual archive or the official URL."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # TensorFlow
   archive = manual_archive_path(data_dir)
   manual = os.path.exists(archive)
   if not manual and not download:
@@ -207,7 +207,7 @@ def load_classes(classes, data_dir: str = "", download: bool = True
   Reading is tried before preparing, so under `tfds.testing.mock_data` (which
   serves any dataset without files) nothing is prepared or downloaded.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # TensorFlow
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = resolve_data_dir(data_dir)
   wanted = sorted({int(c) for c in classes})

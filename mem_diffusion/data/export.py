@@ -141,8 +141,7 @@ def write_hybrid_readings(data_cfg, directory: str, *, prefix: str = "", count: 
   Mondrian images stand in for the cars (no CIFAR needed); the seed, image
   size and cutoff are the config's.
   """
-  # matplotlib only here: the data path never needs it.
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib  # pylint: disable=import-outside-toplevel  # matplotlib stays lazy
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   size, seed, cutoff = data_cfg.image_size, data_cfg.seed, data_cfg.hybrid_cutoff

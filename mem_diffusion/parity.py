@@ -17,21 +17,26 @@ Tolerances (elementwise, an element passes on either bound):
   float32 arrays (network-derived and the rest): abs 1e-4 or rel 1e-3;
     for pred_xstart, the means and the DDIM step the abs bound is multiplied
     by how much the formula amplifies a difference in the network output
-    (up to 8e4 at t = T-1 of a 4000-step cosine chain; see `_eps_gain`);
+    (up to 8e4 at t = T-1 of a 4000-step cosine chain; see
+    `parity_compare.eps_gain`);
   integer arrays (respacings): exact, same length.
 Tensors are NCHW in the file, NHWC in the model.
 """
 
-import dataclasses
 import functools
 import json
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-SCHEDULE_TOL = (1e-12, 1e-5)  # (abs, rel)
-FLOAT32_TOL = (1e-4, 1e-3)
+from mem_diffusion import convert
+from mem_diffusion import diffusion as diff_lib
+from mem_diffusion.diffusion import samplers
+from mem_diffusion.parity_compare import Result, compare, eps_gain
+
 # File arrays that are inputs, not results.
 _INPUT_KEYS = {"x", "t_model", "y", "x0", "noise", "t", "config_json",
                "model_config_json", "spaced/spacing", "spaced/t"}
@@ -40,60 +45,6 @@ _DIFFUSION_PREFIXES = ("base/", "respace/", "pmv/", "loss/", "spaced/")
 
 class ParityError(Exception):
   """A file that cannot be checked (unreadable, or a configuration we cannot build)."""
-
-
-@dataclasses.dataclass
-class Result:
-  name: str
-  max_abs: float
-  max_rel: float
-  ok: bool
-  note: str = ""
-
-
-def compare(name: str, got, want, tol=None, gain=None) -> Result:
-  """Elementwise comparison; integer arrays must match exactly.
-
-  gain: optional per-example factor (N,) >= 1 on the absolute tolerance, for
-  arrays that amplify the network's rounding-level differences (see
-  `_eps_gain`). Elements that pass only thanks to it are counted in the note.
-  """
-  got = np.asarray(got)
-  want = np.asarray(want)
-  if got.shape != want.shape:
-    return Result(name, float("nan"), float("nan"), False,
-                  f"shape {got.shape} != reference {want.shape}")
-  if np.issubdtype(want.dtype, np.integer):
-    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    return Result(name, max_abs, max_abs, bool(max_abs == 0))
-  if tol is None:
-    tol = SCHEDULE_TOL if want.dtype == np.float64 else FLOAT32_TOL
-  atol, rtol = tol
-  got64 = got.astype(np.float64)
-  want64 = want.astype(np.float64)
-  diff = np.abs(got64 - want64)
-  scale = np.abs(want64)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), np.where(diff > 0, np.inf, 0.0))
-  finite = np.isfinite(got64) == np.isfinite(want64)
-  same_inf = np.where(np.isinf(want64), got64 == want64, True)
-  diff = np.where(np.isinf(want64) & same_inf, 0.0, diff)
-  rel = np.where(np.isinf(want64) & same_inf, 0.0, rel)
-  plain_ok = (diff <= atol) | (rel <= rtol)
-  ok_elem = plain_ok
-  note = ""
-  if gain is not None:
-    g = np.maximum(np.asarray(gain, np.float64), 1.0).reshape((-1,) + (1,) * (want.ndim - 1))
-    ok_elem = plain_ok | (diff <= atol * g)
-    n_cond = int(np.sum(ok_elem & ~plain_ok))
-    if n_cond:
-      note = (f"{n_cond} element(s) beyond abs {atol:g}/rel {rtol:g}, within abs {atol:g} x "
-              f"conditioning gain (max gain {float(g.max()):.3g})")
-  ok = bool(np.all(ok_elem & finite & same_inf))
-  max_abs = float(np.nanmax(diff)) if diff.size else 0.0
-  max_rel = float(np.nanmax(rel)) if rel.size else 0.0
-  return Result(name, max_abs, max_rel, ok, note)
 
 
 # ---- building things from the file ---------------------------------------------
@@ -108,7 +59,6 @@ def _json(data, key) -> Dict[str, Any]:
 
 def build_model(kwargs: Dict[str, Any]):
   """The Flax UNet for the reference UNetModel constructor arguments."""
-  from mem_diffusion import convert  # pylint: disable=g-import-not-at-top
   try:
     return convert.unet_from_torch_kwargs(kwargs)
   except (TypeError, ValueError) as e:
@@ -117,7 +67,6 @@ def build_model(kwargs: Dict[str, Any]):
 
 def build_params(data, model):
   """Converts the file's `param/*` state_dict with mem_diffusion.convert."""
-  from mem_diffusion import convert  # pylint: disable=g-import-not-at-top
   state = {k[len("param/"):]: np.asarray(data[k]) for k in data.files if k.startswith("param/")}
   if not state:
     raise ParityError("no param/* arrays: the network cannot be rebuilt")
@@ -132,7 +81,6 @@ def build_params(data, model):
 
 @functools.lru_cache(maxsize=8)
 def _jitted_apply(model):
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.jit(lambda params, x, t, y: model.apply({"params": params}, x, t, y))
 
 
@@ -175,7 +123,6 @@ def _loss_type(cfg) -> tuple:
 
 
 def check_unet(data) -> List[Result]:
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   # A diffusion file keeps the network's config in model_config_json.
   cfg_key = "model_config_json" if "model_config_json" in data.files else "config_json"
   model = build_model(_json(data, cfg_key))
@@ -189,10 +136,6 @@ def check_unet(data) -> List[Result]:
 
 
 def check_diffusion(data, handled: set) -> List[Result]:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import diffusion as diff_lib  # pylint: disable=g-import-not-at-top
-  from mem_diffusion.diffusion import samplers  # pylint: disable=g-import-not-at-top
   keys = set(data.files)
   cfg = _json(data, "config_json")
   if "steps" not in cfg or "schedule" not in cfg:
@@ -255,7 +198,7 @@ def check_diffusion(data, handled: set) -> List[Result]:
     pmv = _pmv(base, model_fn, jnp.asarray(_nhwc(data["xt"])), jnp.asarray(data["t"]))
     for name, val in pmv.items():
       if "pmv/" + name in keys:
-        record("pmv/" + name, _nchw(val), gain=_eps_gain(base, name, data["t"]))
+        record("pmv/" + name, _nchw(val), gain=eps_gain(base, name, data["t"]))
   if model_fn is not None and has("x0", "t", "noise") and any(k.startswith("loss/") for k in keys):
     t = jnp.asarray(data["t"])
     output = model_fn(jax.jit(base.q_sample)(x0, t, noise), base.model_timesteps(t))
@@ -289,45 +232,18 @@ def check_diffusion(data, handled: set) -> List[Result]:
         pmv = _pmv(spaced, model_fn, sxt, st)
         for name, val in pmv.items():
           if "spaced/pmv_" + name in keys:
-            record("spaced/pmv_" + name, _nchw(val), gain=_eps_gain(spaced, name, data["spaced/t"]))
+            record("spaced/pmv_" + name, _nchw(val), gain=eps_gain(spaced, name, data["spaced/t"]))
       if "spaced/ddim_sample" in keys:
         output = model_fn(sxt, spaced.model_timesteps(st))
         step = jax.jit(lambda out, x, t: samplers.ddim_step(
             spaced, lambda xx, tm: out, x, t, eta=0.0, clip_denoised=True))
         record("spaced/ddim_sample", _nchw(step(output, sxt, st)),
-               gain=_eps_gain(spaced, "ddim", data["spaced/t"]))
+               gain=eps_gain(spaced, "ddim", data["spaced/t"]))
   return results
-
-
-def _eps_gain(diffusion, name: str, t) -> Optional[np.ndarray]:
-  """Per-example factor by which a difference in the network output can grow.
-
-  pred_xstart = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps: near t = T-1 the
-  cosine schedule's abar is ~1.5e-10, so a float32 rounding-level difference
-  of 1e-7 in eps (the two implementations never agree closer) becomes ~1e-2
-  in pred_xstart, in the reference itself too. The absolute tolerance of the
-  arrays computed from the network output is multiplied by the derivative of
-  the array with respect to that output (>= 1), unclipped, so a check stays
-  as strict as the reference's own float32 arithmetic allows.
-  """
-  t = np.asarray(t)
-  b = diffusion.sqrt_recipm1_alphas_cumprod[t]
-  xstart_model = diffusion.mean_type == "xstart"
-  d_x0 = np.ones_like(b) if xstart_model else b  # d pred_xstart / d output
-  if name == "pred_xstart":
-    return d_x0
-  if name == "mean":
-    return diffusion.posterior_mean_coef1[t] * d_x0
-  if name == "ddim":
-    abar_prev = diffusion.alphas_cumprod_prev[t]
-    # x0 sqrt(abar_prev) + sqrt(1 - abar_prev) (A x_t - x0) / B
-    return np.abs(np.sqrt(abar_prev) - np.sqrt(1 - abar_prev) / b) * d_x0
-  return None
 
 
 def _pmv(diffusion, model_fn, x, t):
   """p_mean_variance(clip_denoised=True): network once, the rest one jitted call."""
-  import jax  # pylint: disable=g-import-not-at-top
   output = model_fn(x, diffusion.model_timesteps(t))
   return jax.jit(lambda out, x, t: diffusion.p_mean_variance(
       lambda xx, tm: out, x, t, clip_denoised=True))(output, x, t)
@@ -340,7 +256,6 @@ def _is_schedule_attr(diffusion, name: str) -> bool:
 
 def _spacing(data, cfg, steps) -> str:
   """The respacing of `spaced/*`: spaced/spacing, else the one config spec of that length."""
-  from mem_diffusion import diffusion as diff_lib  # pylint: disable=g-import-not-at-top
   if "spaced/spacing" in data.files:
     return str(data["spaced/spacing"][()])
   n = data["spaced/betas"].shape[0] if "spaced/betas" in data.files else None
@@ -381,7 +296,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not argv:
     print("usage: python -m mem_diffusion.parity FILE.npz [FILE.npz ...]", file=sys.stderr)
     return 2
-  import jax  # pylint: disable=g-import-not-at-top
   # GPUs default to TF32 and TPUs to bf16 matmuls: far outside 1e-4.
   jax.config.update("jax_default_matmul_precision", "highest")
   status = 0

@@ -34,6 +34,7 @@ import ml_collections
 
 from mem_diffusion import cli
 from mem_diffusion import errors
+from mem_diffusion import files
 from mem_diffusion import report as report_lib
 from mem_diffusion import runtime
 from mem_diffusion.config_loading import apply_override, load_config
@@ -121,7 +122,7 @@ class Search:
 
   def write(self, result: dict[str, Any] | None = None) -> None:
     points = [self.points[n] for n in sorted(self.points)]
-    report_lib.write_json(os.path.join(self.root, "capacity.json"),
+    files.write_json(os.path.join(self.root, "capacity.json"),
                           {"config": self.spec, "seeds": self.seeds, "overrides": self.overrides,
                            **(result or {}), "points": points})
     if len(points) >= 2:

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 
 from mem_diffusion import cli
 from mem_diffusion import errors
-from mem_diffusion import report as report_lib
+from mem_diffusion import files
 from mem_diffusion import runtime
 from mem_diffusion.workdir import Workdir
 
@@ -100,7 +100,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str,
                  "blend_ratio": report.get("blend_ratio"),
                  "median_d1_ratio": d1.get("median_ratio"),
                  "kid": ((report.get("quality") or {}).get("features") or {}).get("kid")})
-  report_lib.write_json(os.path.join(out, "summary.json"),
+  files.write_json(os.path.join(out, "summary.json"),
                         {"config": config.name, "params": source, "rows": rows})
   with open(os.path.join(out, "summary.md"), "w") as f:
     f.write(markdown(rows))

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from mem_diffusion import errors
+from mem_diffusion import files
 from mem_diffusion import parallel
 from mem_diffusion import replicates
 from mem_diffusion import report as report_lib
@@ -132,7 +133,7 @@ class Watcher:
     if not self._lead:
       return
     os.makedirs(self._wd.eval_dir, exist_ok=True)
-    report_lib.write_json(self.path, {"chain": self._chain, "points": self.points,
+    files.write_json(self.path, {"chain": self._chain, "points": self.points,
                                       "summary": summarize(self.points)})
     steps = [p["step"] for p in self.points]
     series = {"replicate ratio": [p["replicate_ratio"] for p in self.points]}

@@ -39,7 +39,7 @@ import ml_collections
 
 from mem_diffusion import errors
 from mem_diffusion import evaluate
-from mem_diffusion import report as report_lib
+from mem_diffusion import files
 from mem_diffusion import sampling
 from mem_diffusion import train
 from mem_diffusion import validate as validate_lib
@@ -67,7 +67,7 @@ def _read_json(path: str) -> Any:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  report_lib.write_json(path, obj)
+  files.write_json(path, obj)
 
 
 def _is_lead() -> bool:

@@ -100,10 +100,13 @@ def test_one_device_matches_four(reference, tmp_path, monkeypatch):
 
 
 def test_config_guard(reference):
+  """The runner's guard (every mode goes through it) against a trained workdir."""
+  from mem_diffusion import stages  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.workdir import Workdir  # pylint: disable=g-import-not-at-top
   workdir, _ = reference
   changed = th.micro_config(training__learning_rate=3e-4, model__dropout=0.2)
   with pytest.raises(validate.ConfigError) as e:
-    train.train_and_evaluate(changed, workdir)
+    stages.check_config_record(changed, Workdir(workdir))
   assert "training.learning_rate" in str(e.value) and "model.dropout" in str(e.value)
   assert "0.001 -> 0.0003" in str(e.value)
 

@@ -284,13 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
   report["samples_path"], report["train_path"] = args.samples, args.train
-  files.write_json(args.out, report)
-  if args.per_sample:
-    np.savez(args.per_sample, **per_sample)
-  if args.grid:
-    report_lib.nearest_neighbors_figure(samples, train, per_sample, args.grid)
-  if args.hist:
-    report_lib.ratio_histogram(per_sample["ratio"], args.hist, args.threshold)
+  try:
+    files.write_json(args.out, report)
+    if args.per_sample:
+      files.write_npz(args.per_sample, **per_sample)
+    if args.grid:
+      report_lib.nearest_neighbors_figure(samples, train, per_sample, args.grid)
+    if args.hist:
+      report_lib.ratio_histogram(per_sample["ratio"], args.hist, args.threshold)
+  except OSError as e:  # errors.OutputError (full disk, read-only) or a figure write
+    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    return 1
   ci, ci_u = report["replicate_ci95"], report["replicate_ci95_dedup"]
   print(f"replicates {report['num_replicates']}/{report['num_samples']} = "
         f"{report['replicate_ratio']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}); "

@@ -411,3 +411,19 @@ def test_load_npz_accepts_improved_diffusion_format(tmp_path):
   np.savez(tmp_path / "a.npz", imgs, np.array([1, 2, 3]))
   x, y = npz_io.load_npz(str(tmp_path / "a.npz"))
   assert x.shape == (3, 4, 4, 3) and y.tolist() == [1, 2, 3]
+
+
+def test_cli_full_disk_when_writing_the_report_is_one_line_exit_1(tmp_path, capsys,
+                                                                    monkeypatch):
+  from mem_diffusion import errors, files  # pylint: disable=g-import-not-at-top,g-multiple-import
+  images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+  path = str(tmp_path / "set.npz")
+  np.savez(path, arr_0=images)
+
+  def full(*args, **kwargs):
+    raise errors.OutputError("cannot write r.json: No space left on device (0 B free)")
+
+  monkeypatch.setattr(files, "write_json", full)
+  rc = replicates.main(["--samples", path, "--train", path, "--out", str(tmp_path / "r.json")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 1 and len(err) == 1 and err[0].startswith("error: cannot write r.json"), err

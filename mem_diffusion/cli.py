@@ -31,7 +31,11 @@ def call(fn: Callable[[], Any]) -> Any:
     print(f"preempted: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
   except errors.UserError as e:
-    fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, e.exit_code)
+    # One `error:` line; a message that lists remedies (the offline routes to
+    # CIFAR-10) keeps them below it, indented, instead of losing them.
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    rest = "".join(f"\n  {l}" if l.strip() else "" for l in lines[1:])
+    fail(lines[0] + rest, e.exit_code)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -80,5 +84,5 @@ def default_workdir(config_spec: str, root: str = "runs") -> str:
   path, _, arg = config_spec.partition(":")
   name = os.path.splitext(os.path.basename(path))[0]
   if arg:
-    name += "_" + re.sub(r"[^A-Za-z0-9.]+", "_", arg.replace("=", "-")).strip("_")
+    name += "_" + re.sub(r"[^A-Za-z0-9.-]+", "_", arg.replace("=", "-")).strip("_")
   return os.path.join(root, name)

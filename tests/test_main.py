@@ -44,3 +44,27 @@ def test_missing_cifar_is_the_data_error_before_any_compute(tmp_path):
   assert "data.download=False forbids" in r.stderr
   assert not os.path.exists(tmp_path / "w" / "config.json")
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("configs/hybrid_2k.py", "runs/hybrid_2k"),
+    ("configs/hybrid_2k.py:tiny", "runs/hybrid_2k_tiny"),
+    ("configs/capacity.py:1000,tiny", "runs/capacity_1000_tiny"),
+    ("configs/toy_dummies.py:kind=gm,m=64", "runs/toy_dummies_kind-gm_m-64"),
+])
+def test_default_workdir_names_each_config_variant(spec, expected):
+  from mem_diffusion import cli  # pylint: disable=g-import-not-at-top
+  assert cli.default_workdir(spec) == expected
+
+
+def test_default_workdir_is_announced_and_used(tmp_path):
+  """The card's command with no --workdir: runs/<config name> under the current directory."""
+  env = th.subprocess_env(1)
+  r = subprocess.run([sys.executable, os.path.join(th.REPO, "main.py"),
+                      "--config=" + os.path.join(th.REPO, "configs/quickstart.py:tiny"),
+                      "--mode=eval"], cwd=str(tmp_path), env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  assert "in runs/quickstart_tiny" in r.stdout
+  assert "runs/quickstart_tiny/samples" in r.stderr  # eval looked there: nothing sampled yet
+  assert (tmp_path / "runs" / "quickstart_tiny").is_dir()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import zipfile
 
 from absl import app
@@ -184,7 +183,7 @@ def write_hybrid_readings(data_cfg, directory: str, *, prefix: str = "", count: 
   return path
 
 
-def main(argv):
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _FLAGS["config"].value
@@ -196,11 +195,7 @@ def main(argv):
     raise app.UsageError("--hybrid_illustration and --hybrid_readings write into --preview DIR")
   data_cfg = config.data
   if _FLAGS["out"].value:
-    try:  # before the train set is built
-      files.check_output_path(_FLAGS["out"].value, create_parent=True)
-    except files.InputError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(e.exit_code)
+    files.check_output_path(_FLAGS["out"].value, create_parent=True)  # before the build
     ts = export(data_cfg, _FLAGS["out"].value)
   else:
     ts = train_set_lib.build_train_set(data_cfg)
@@ -219,6 +214,14 @@ def main(argv):
             "bins_kept": hybrid_mask_bins(data_cfg.image_size, data_cfg.hybrid_cutoff)}
   print(json.dumps({"num_images": len(ts), "num_classes": ts.num_classes,
                     "sources": counts, "hybrid_masks": hybrid, "written": written}))
+
+
+def main(argv):
+  """_main with every documented failure (bad config, missing CIFAR, full disk) as one
+  error line and its exit code."""
+  from mem_diffusion import cli, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import  # JAX loads after flag parsing
+  runtime.set_verbosity(False)
+  cli.call(lambda: _main(argv))
 
 
 if __name__ == "__main__":

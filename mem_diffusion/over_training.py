@@ -141,5 +141,5 @@ class Watcher:
       series["median d1 / held-out"] = [p["median_d1_ratio"] for p in self.points]
     if len(steps) >= 2:
       report_lib.line_plot(steps, series, self.figure_path, xlabel="training step",
-                           title=f"memorization over training ({self._chain}, "
-                                 f"{self.points[-1]['num_samples']} samples)")
+                           title=f"memorization over training ({self.points[-1]['num_samples']} "
+                                 f"samples per point, chain '{self._chain}')")

@@ -178,8 +178,10 @@ def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str,
     ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name)
   for level in hlines:
     ax.axhline(level, color="grey", linestyle=":", linewidth=1)
-  if logx:
+  if logx:  # label the sizes that were run; log minor ticks overlap at this width
     ax.set_xscale("log")
+    ax.set_xticks(list(x), [f"{v:g}" for v in x])
+    ax.minorticks_off()
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if title:

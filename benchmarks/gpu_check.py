@@ -47,7 +47,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 # Before JAX starts: the PyTorch reference (a child process) shares the
 # device, so JAX must not take 75% of its memory up front.
@@ -65,6 +65,7 @@ from configs import default  # pylint: disable=g-import-not-at-top,g-bad-import-
 from mem_diffusion import parallel, validate  # pylint: disable=g-import-not-at-top
 from mem_diffusion.diffusion import samplers  # pylint: disable=g-import-not-at-top
 from mem_diffusion.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
+from timing import best_seconds  # pylint: disable=g-import-not-at-top  # benchmarks/ is sys.path[0]
 
 flags.DEFINE_string("out_dir", "gpu_check_out", "Where gpu_check.json and gpu_check.md go.")
 flags.DEFINE_string("reference_dir", "", "An improved-diffusion checkout (folder holding "
@@ -113,20 +114,6 @@ def train_api(config, mesh):
   from mem_diffusion import train  # pylint: disable=g-import-not-at-top
   model, diffusion, _, _, _, train_step = train.build(config, mesh)
   return model, diffusion, train_step, lambda: state_lib.initial_state(config, mesh)
-
-
-def best_seconds(run: Callable[[], Any], sync: Callable[[Any], Any], *, iters: int,
-                 repeats: int) -> float:
-  """Seconds per call: best over `repeats` timed loops of `iters` calls, after a warm-up."""
-  sync(run())
-  best = math.inf
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(iters):
-      out = run()
-    sync(out)
-    best = min(best, (time.perf_counter() - t0) / iters)
-  return best
 
 
 def compile_timed(jitted, *args) -> tuple[Any, float]:

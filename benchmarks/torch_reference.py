@@ -12,30 +12,16 @@ one process can clash), and torch out of gpu_check.py.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 import torch
 
+from timing import best_seconds  # benchmarks/ is sys.path[0] when run as a script
+
 DTYPES = ("float32", "bfloat16")
-
-
-def best_seconds(run: Callable[[], Any], sync: Callable[[Any], Any], *, iters: int,
-                 repeats: int) -> float:
-  """gpu_check.best_seconds's rule: best of `repeats` loops of `iters` calls, after a warm-up."""
-  sync(run())
-  best = math.inf
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(iters):
-      out = run()
-    sync(out)
-    best = min(best, (time.perf_counter() - t0) / iters)
-  return best
 
 
 def reference_rates(reference_dir: str, config, batch_size: int, *, repeats: int,

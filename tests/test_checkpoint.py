@@ -129,16 +129,13 @@ FINAL, PARTIAL = 16, 8  # steps; checkpoints every 4
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ref"))
-  return train.train_and_evaluate(th.micro_config(training__num_steps=FINAL), workdir)
+  return th.train_micro(tmp_path_factory, "ref", FINAL)[1]
 
 
 @pytest.fixture(scope="module")
 def partial(tmp_path_factory):
   """A run stopped after PARTIAL steps (checkpoints 4 and 8)."""
-  workdir = str(tmp_path_factory.mktemp("partial"))
-  train.train_and_evaluate(th.micro_config(training__num_steps=PARTIAL), workdir)
-  return workdir
+  return th.train_micro(tmp_path_factory, "partial", PARTIAL)[0]
 
 
 @pytest.mark.parametrize("disk", ["tmpfs", "injected"])

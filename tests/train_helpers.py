@@ -96,3 +96,10 @@ def rel_l2(a: Any, b: Any, base: Any) -> float:
   den = sum(float(np.sum((np.asarray(y, np.float64) - np.asarray(z, np.float64)) ** 2))
             for y, z in zip(jax.tree.leaves(b), jax.tree.leaves(base)))
   return float(np.sqrt(num / den))
+
+
+def train_micro(tmp_path_factory, name: str, num_steps: int):
+  """(workdir, train summary) of a fresh micro run of `num_steps` (checkpoints every 4)."""
+  from mem_diffusion import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp(name))
+  return workdir, train.train_and_evaluate(micro_config(training__num_steps=num_steps), workdir)

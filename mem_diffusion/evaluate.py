@@ -30,6 +30,7 @@ from mem_diffusion import quality
 from mem_diffusion import replicates
 from mem_diffusion import report as report_lib
 from mem_diffusion import sampling
+from mem_diffusion.workdir import Workdir
 
 _MIN_HELDOUT = 4
 
@@ -40,7 +41,7 @@ def _check_manifest(train_set, workdir: str) -> None:
   Compares the (source, index, label) rows that training recorded with those
   of the set rebuilt now; a changed data.* key or CIFAR split shows up here.
   """
-  path = os.path.join(workdir, "data", "train_manifest.json")
+  path = Workdir(workdir).train_manifest
   if not os.path.exists(path):
     return
   with open(path) as f:
@@ -109,18 +110,18 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
            "sampling_chain": sampling.chain_description(config.sampling),
            "dummy_kind": config.data.dummy_kind, "num_dummy": config.data.num_dummy,
            "num_original": config.data.num_original, "seed": config.seed}
-  summary_path = os.path.join(workdir, "train_summary.json")
+  summary_path = Workdir(workdir).train_summary
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       summary = json.load(f)
     extra["train_step"] = summary.get("step")
     extra["final_loss"] = summary.get("final_loss")
-  curve = over_training.read_curve(os.path.join(workdir, "eval", "over_training.json"))
+  curve = over_training.read_curve(Workdir(workdir).over_training_json)
   if curve:  # the final ratio next to the highest one seen while training
     extra["over_training"] = over_training.summarize(curve)
   report = evaluate_arrays(
       samples, train_set.images, heldout, eval_cfg=config.eval,
-      out_dir=os.path.join(workdir, "eval"), sample_labels=labels,
+      out_dir=Workdir(workdir).eval_dir, sample_labels=labels,
       train_labels=train_set.labels, train_sources=train_set.sources, extra=extra)
   logging.info("replicate ratio %.4f (95%% CI %s), duplicate-aware %.4f, blend ratio %.4f",
                report["replicate_ratio"], report["replicate_ci95"],

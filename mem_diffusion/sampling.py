@@ -43,6 +43,7 @@ from mem_diffusion import state as state_lib
 from mem_diffusion.diffusion import diffusion_from_config
 from mem_diffusion.diffusion import samplers
 from mem_diffusion.models import unet_from_config
+from mem_diffusion.workdir import Workdir
 
 _SPEC_FILE = "spec.json"
 
@@ -54,7 +55,7 @@ def to_uint8(x: jax.Array) -> jax.Array:
 
 def samples_path(config: ml_collections.ConfigDict, workdir: str) -> str:
   n, s = config.sampling.num_samples, config.data.image_size
-  return os.path.join(workdir, "samples", f"samples_{n}x{s}x{s}x3.npz")
+  return Workdir(workdir).samples_npz(n, s)
 
 
 def chain_description(sampling_cfg: ml_collections.ConfigDict) -> str:
@@ -81,7 +82,7 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
     params = jax.device_put(params, parallel.replicated(mesh))
     return params, {"source": os.path.abspath(config.sampling.params_file)}
 
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = Workdir(workdir).checkpoints
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(
         f"no checkpoints in {ckpt_dir}: train first (--mode=train or --mode=all) "
@@ -208,7 +209,7 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
         f"of devices ({mesh.devices.size})")
   workdir = os.path.abspath(workdir)
   out_path = samples_path(config, workdir)
-  chunk_dir = os.path.join(workdir, "samples", "chunks")
+  chunk_dir = Workdir(workdir).sample_chunks
   params, source = load_sampling_params(config, workdir, mesh)
   lead = jax.process_index() == 0
   if lead:
@@ -237,7 +238,7 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     images = np.concatenate([_read_chunk(chunk_dir, c) for c in range(num_chunks)])[:n]
     labels = np.full((n,), scfg.label if config.model.num_classes else 0, np.int64)
     files.write_npz(out_path, arr_0=images, arr_1=labels)
-    report.save_png(os.path.join(workdir, "samples", "grid.png"),
+    report.save_png(Workdir(workdir).samples_grid,
                     report.image_grid(images[:64], ncols=8))
     shutil.rmtree(chunk_dir)
     progress.say(f"wrote {out_path}")

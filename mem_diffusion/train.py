@@ -43,6 +43,7 @@ from mem_diffusion import report
 from mem_diffusion import sampling
 from mem_diffusion import state as state_lib
 from mem_diffusion import validate
+from mem_diffusion.workdir import Workdir
 
 # fold_in tags of a step's key: one independent stream per purpose.
 _T_TAG, _NOISE_TAG, _DROPOUT_TAG = 0, 1, 2
@@ -187,7 +188,7 @@ def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    files.write_json(Workdir(workdir).config_json, config.to_dict())
 
 
 def _over_training_watcher(config, workdir: str, mesh, train_set, start: int):
@@ -210,7 +211,7 @@ def _metric_writer(workdir: str):
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncMultiWriter(
-      [metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))])
+      [metric_writers.SummaryWriter(Workdir(workdir).tensorboard)])
 
 
 def _summary(state: state_lib.TrainState, meta: dict[str, Any], mesh, *,
@@ -254,14 +255,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
   if jax.process_index() == 0:
-    data.write_manifest(train_set, os.path.join(workdir, "data",
-                                                "train_manifest.json"),
-                        config.data)
+    data.write_manifest(train_set, Workdir(workdir).train_manifest, config.data)
 
   train_step = build(config, mesh)[-1]
   tcfg = config.training
   num_steps = tcfg.num_steps
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = Workdir(workdir).checkpoints
   writer = _metric_writer(workdir)
   progress = progress_lib.Progress(
       num_steps, label="train", unit="step", items_per_unit=tcfg.batch_size,
@@ -276,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     else:
       state, meta = state_lib.initial_state(config, mesh), {}
     start = int(parallel.fetch(state.step))
-    summary_path = os.path.join(workdir, "train_summary.json")
+    summary_path = Workdir(workdir).train_summary
     if start >= num_steps and os.path.exists(summary_path):
       with open(summary_path) as f:
         summary = json.load(f)
@@ -369,8 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
           flush_checked()
           images = grid_fn(state.ema_params, grid_key)
           if jax.process_index() == 0:
-            _write_grid(images, os.path.join(
-                workdir, "train_grids", f"step_{step:08d}.png"), writer, step)
+            _write_grid(images, os.path.join(Workdir(workdir).train_grids,
+                                             f"step_{step:08d}.png"), writer, step)
 
     ckpt.wait()
     images_per_second = None

@@ -10,6 +10,7 @@ sweep and the tests ask "is this output there?" without importing a stage.
   tensorboard/                     clu metric writer
   data/train_manifest.json         which images (source, index, label)
   train_summary.json               final step, loss, params/EMA SHA-256
+  train_grids/step_<N>.png         periodic EMA preview grids
   samples/samples_<N>x<H>x<W>x3.npz   improved-diffusion's format
   samples/chunks/                  finished chunks of an unfinished sampling run
   samples/grid.png
@@ -59,8 +60,8 @@ class Workdir:
     return self._path("train_summary.json")
 
   @property
-  def train_grid(self) -> str:
-    return self._path("train_grid.png")
+  def train_grids(self) -> str:
+    return self._path("train_grids")
 
   # Sampling.
   @property

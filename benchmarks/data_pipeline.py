@@ -2,7 +2,7 @@
 
 Measures, in one run on this machine:
 - images/s of each dummy generator (jitted, after compilation);
-- images/s of the tf.data pipeline (gather, convert, slice, prefetch) at the
+- images/s of the input pipeline (plan, gather, convert, slice) at the
   study's batch size, in 'uniform' and in 'balanced' + flip mode;
 - a float32 matmul rate, from which the UNet-128 consumption rate is
   ESTIMATED as rate / (3 x 16.8 GFLOP per image): one train step costs about

@@ -3,7 +3,8 @@
 - `build_train_set(data_cfg) -> TrainSet`: original images + a fixed dummy set,
   every image reproducible from data.seed (see train_set.py for labels).
 - `make_dataset(train_set, data_cfg, *, global_batch_size, seed, start_step,
-  num_steps, process_index=0, process_count=1)`: the resumable tf.data pipeline.
+  num_steps, process_index=0, process_count=1)`: the resumable input pipeline
+  (NumPy batches; TensorFlow only loads CIFAR-10).
 - `heldout_images(data_cfg, n)`: original-class images outside the train set.
 - `validate_data_config(data_cfg)`, `num_classes(data_cfg)`: the data section's
   rules (mem_diffusion.data.config_rules, importable without TensorFlow).

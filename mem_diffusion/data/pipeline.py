@@ -20,7 +20,16 @@ The global batch is cut into process_count equal slices; process i gets rows
 (seed, step, position in the global batch), so it is resumable and the same
 whatever the process count.
 
-tf.data then gathers rows, converts uint8 to float32 in [-1, 1] and prefetches.
+The rows are then gathered from the in-memory uint8 train set and converted
+to float32 in [-1, 1] with NumPy, on the training thread. This was a tf.data
+pipeline (from_generator -> map -> prefetch) until it was measured: on a
+2-core CPU its threads cost ~40 ms of system CPU time per step (futex traffic
+between TF's pools, the generator's Python callback and JAX's dispatch),
+more than the toy model's whole train step, and left the step 1.5-2x slower.
+A gather of at most a few hundred small images takes well under a
+millisecond, and JAX's asynchronous dispatch already overlaps it with the
+step in flight, so there is nothing for a prefetch thread to hide
+(docs/benchmarks.md, "Toy run").
 """
 
 from __future__ import annotations
@@ -29,7 +38,6 @@ import functools
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from mem_diffusion.data import generators
 
@@ -140,20 +148,20 @@ def _check_process(global_batch_size, process_index, process_count):
 class PipelineDataset:
   """An iterable of numpy batches (re-iterable: each pass starts at start_step)."""
 
-  def __init__(self, tf_dataset: tf.data.Dataset, num_steps: int):
-    self.tf_dataset = tf_dataset
+  def __init__(self, batches, num_steps: int):
+    self._batches = batches
     self.num_steps = num_steps
 
   def __len__(self) -> int:
     return self.num_steps
 
   def __iter__(self):
-    return self.tf_dataset.as_numpy_iterator()
+    return self._batches()
 
 
 def make_dataset(train_set, data_cfg, *, global_batch_size: int, seed: int,
                  start_step: int, num_steps: int, process_index: int = 0,
-                 process_count: int = 1, prefetch: int = 2) -> PipelineDataset:
+                 process_count: int = 1) -> PipelineDataset:
   """Batches of steps [start_step, start_step + num_steps) for one process:
   {'image': float32 [-1, 1] (B / P, H, W, 3), 'label': int32 (B / P,)}."""
   _check_process(global_batch_size, process_index, process_count)
@@ -163,22 +171,15 @@ def make_dataset(train_set, data_cfg, *, global_batch_size: int, seed: int,
                          global_batch_size=global_batch_size, seed=seed)
   local = global_batch_size // process_count
   lo, hi = process_index * local, (process_index + 1) * local
+  images = np.asarray(train_set.images)
+  labels = np.asarray(train_set.labels, np.int32)
 
-  def plan():
+  def batches():
     for step in range(start_step, start_step + num_steps):
-      yield planner.rows(step)[lo:hi].astype(np.int32), planner.flips(step)[lo:hi]
+      rows = planner.rows(step)[lo:hi]
+      flip = planner.flips(step)[lo:hi]
+      x = images[rows].astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+      x[flip] = x[flip, :, ::-1]
+      yield {"image": x, "label": labels[rows]}
 
-  images = tf.constant(train_set.images)
-  labels = tf.constant(np.asarray(train_set.labels, np.int32))
-
-  def gather(rows, flip):
-    x = tf.cast(tf.gather(images, rows), tf.float32) / 127.5 - 1.0
-    x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
-    return {"image": x, "label": tf.gather(labels, rows)}
-
-  ds = tf.data.Dataset.from_generator(
-      plan, output_signature=(tf.TensorSpec((local,), tf.int32),
-                              tf.TensorSpec((local,), tf.bool)))
-  ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.prefetch(prefetch)
-  return PipelineDataset(ds, num_steps)
+  return PipelineDataset(batches, num_steps)

@@ -4,7 +4,8 @@ These sections are read by train.py, sampling.py and evaluate.py; their
 limits live here, in a module that imports nothing heavy, so that checking a
 config never builds a model or loads data. Rules that compare these sections
 with others (a respacing spec against diffusion.steps, a label against
-model.num_classes) are in mem_diffusion.validate.
+model.num_classes) are in mem_diffusion.validate, which passes
+model.num_classes to `validate_sampling_config` for label -1.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   # ---- data ----------------------------------------------------------------
   data = config.data = ml_collections.ConfigDict()
-  data.dataset = "cifar_cars"  # 'cifar_cars' | 'mondrian' | 'cifar_classes'
+  data.dataset = "cifar_cars"  # 'cifar_cars' | 'mondrian' | 'cifar_classes' | 'mondrian_classes'
   data.num_original = 2000  # images of the original (real) class in the train set
   data.dummy_kind = ""  # '' | 'gm' | 'hybrid' | 'cars' | 'geometric'
   data.num_dummy = 0  # size of the fixed dummy set
@@ -33,7 +33,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   data.sampling = "uniform"  # 'uniform' over the mixed set | 'balanced'
   data.original_share = 0.5  # 'balanced': share of each batch from the original class
   data.hflip = False  # the reference uses no augmentation
-  # 'cifar_classes': CIFAR-10 class ids and per-class counts (same length).
+  # 'cifar_classes': CIFAR-10 class ids and per-class counts (same length);
+  # 'mondrian_classes': class_counts = (Mondrians, earth-palette Mondrians).
   data.classes = (1,)
   data.class_counts = (2000,)
 

@@ -25,7 +25,8 @@ Argument: comma-separated tokens,
   steps=S      training steps (default TOY_STEPS)
   tiny         test-sized: 300 steps, 32 samples (tests/test_sweep.py)
 e.g. `--config=configs/toy_capacity.py:256`. The run's name is
-`toy_capacity_<N>`.
+`toy_capacity_<N>`, with `_s<S>` appended when S != TOY_STEPS: the name is the
+default workdir of a sweep, so two settings must never share one.
 """
 
 import ml_collections
@@ -81,6 +82,11 @@ def parse_steps(opts: dict[str, str], file: str) -> int:
   return steps
 
 
+def steps_suffix(steps: int) -> str:
+  """The name's part for a non-default step count ('' for TOY_STEPS)."""
+  return "" if steps == TOY_STEPS else f"_s{steps}"
+
+
 def get_config(arg: str = ""):
   file = "configs/toy_capacity.py"
   tiny, opts = _common.parse_arg(arg, file, keys=("n", "steps"), positional="n")
@@ -90,5 +96,7 @@ def get_config(arg: str = ""):
     raise ValueError(f"{file}: n={opts['n']!r} is not an integer") from None
   if n < 2:
     raise ValueError(f"{file}: the train-set size must be >= 2, got {n}")
-  config = _common.build(f"toy_capacity_{n}", False, dataset="mondrian", num_original=n)
-  return apply_toy(config, steps=parse_steps(opts, file), tiny=tiny)
+  steps = parse_steps(opts, file)
+  config = _common.build(f"toy_capacity_{n}{steps_suffix(steps)}", False,
+                         dataset="mondrian", num_original=n)
+  return apply_toy(config, steps=steps, tiny=tiny)

@@ -6,28 +6,37 @@ scale, see configs/toy_capacity.py) plus M dummy images; class-conditional
 16 / (16 + M) of the updates: a drop in replicates can be plain under-fitting.
 'balanced' batches keep half of every batch Mondrian whatever M is, so the
 real class gets the same number of updates at every M (half the no-dummy
-run's); a drop there is the capacity effect the paper claims.
+run's at batch 16; with batch=32 exactly the no-dummy run's 16 rows per
+step); a drop there is the capacity effect the paper claims.
+
+Hybrids here mix a GM image with a held-out Mondrian in place of the car
+(docs/data.md, 'Mondrian hybrids'): no CIFAR-10 needed.
 
 Argument: comma-separated tokens,
-  kind=K       'gm' (default) | 'geometric' | another data.dummy_kind without cars
+  kind=K       'gm' (default) | 'geometric' | 'hybrid'
   m=M          number of dummy images (default 64)
   sampling=S   'uniform' (default) | 'balanced'
   n=N          Mondrian train-set size (default 16)
+  batch=B      training.batch_size (default 16, as configs/toy_capacity.py)
   steps=S      training steps (default as configs/toy_capacity.py)
   tiny         test-sized
-The run's name is `toy_<kind>_<M>_<sampling>` (`_n<N>` appended if N != 16).
+The run's name is `toy_<kind>_<M>_<sampling>`, then `_n<N>` if N != 16,
+`_b<B>` if B != 16 and `_s<S>` if S is not the default: every non-default
+token shows, so two settings never share a sweep's workdir.
 """
 
 from configs import _common
 from configs import toy_capacity
 
-_KINDS = ("gm", "geometric")  # the car-based kinds need CIFAR-10 and 'cifar_cars'
+_KINDS = ("gm", "geometric", "hybrid")  # 'cars' needs CIFAR-10 and 'cifar_cars'
 _SAMPLING = ("uniform", "balanced")
+_DEFAULT_N = _DEFAULT_BATCH = 16
 
 
 def get_config(arg: str = ""):
   file = "configs/toy_dummies.py"
-  tiny, opts = _common.parse_arg(arg, file, keys=("kind", "m", "sampling", "n", "steps"))
+  tiny, opts = _common.parse_arg(arg, file,
+                                 keys=("kind", "m", "sampling", "n", "batch", "steps"))
   kind = opts.get("kind", "gm")
   if kind not in _KINDS:
     raise ValueError(f"{file}: kind={kind!r} must be one of {_KINDS}")
@@ -35,14 +44,20 @@ def get_config(arg: str = ""):
   if sampling not in _SAMPLING:
     raise ValueError(f"{file}: sampling={sampling!r} must be one of {_SAMPLING}")
   try:
-    m, n = int(opts.get("m", "64")), int(opts.get("n", "16"))
+    m, n = int(opts.get("m", "64")), int(opts.get("n", str(_DEFAULT_N)))
+    batch = int(opts.get("batch", str(_DEFAULT_BATCH)))
   except ValueError:
-    raise ValueError(f"{file}: m and n must be integers, got {arg!r}") from None
-  if m <= 0 or n < 2:
-    raise ValueError(f"{file}: need m >= 1 dummies and n >= 2 images, got m={m}, n={n}")
-  name = f"toy_{kind}_{m}_{sampling}" + ("" if n == 16 else f"_n{n}")
+    raise ValueError(f"{file}: m, n and batch must be integers, got {arg!r}") from None
+  if m <= 0 or n < 2 or batch <= 0:
+    raise ValueError(f"{file}: need m >= 1 dummies, n >= 2 images and batch >= 1, got "
+                     f"m={m}, n={n}, batch={batch}")
+  steps = toy_capacity.parse_steps(opts, file)
+  name = (f"toy_{kind}_{m}_{sampling}" + ("" if n == _DEFAULT_N else f"_n{n}")
+          + ("" if batch == _DEFAULT_BATCH else f"_b{batch}")
+          + toy_capacity.steps_suffix(steps))
   config = _common.build(name, False, dataset="mondrian", num_original=n,
                          dummy_kind=kind, num_dummy=m)
   config.data.sampling = sampling
-  return toy_capacity.apply_toy(config, steps=toy_capacity.parse_steps(opts, file),
-                                tiny=tiny)
+  config = toy_capacity.apply_toy(config, steps=steps, tiny=tiny)
+  config.training.batch_size = batch
+  return config

@@ -12,6 +12,11 @@ numbers independent of how the chunk is sharded, so the same config gives the
 same images on 1 CPU, 8 GPUs or a pod. The last chunk is padded to the full
 chunk size (one compilation) and truncated.
 
+Labels (class-conditional models): `sampling.label` for every sample, or with
+label -1 every class in turn, sample i (counted over the whole run) getting
+i % model.num_classes. The labels written next to the images are the ones the
+model was given, so the evaluation's per-class block splits one run by class.
+
 Pixels are `round((x + 1) * 127.5)` clipped to 0..255. The reference
 truncates instead, which biases every pixel down by half a level; rounding is
 the unbiased choice, and both agree on which samples are replicates.
@@ -66,6 +71,16 @@ def chain_description(sampling_cfg: ml_collections.ConfigDict) -> str:
   return f"{chain} ({steps}{eta})"
 
 
+def sample_labels(config: ml_collections.ConfigDict, start: int, count: int) -> np.ndarray:
+  """int64 labels of samples [start, start + count); 0 for an unconditional model."""
+  k, label = config.model.num_classes, config.sampling.label
+  if not k:
+    return np.zeros(count, np.int64)
+  if label == -1:
+    return (start + np.arange(count, dtype=np.int64)) % k
+  return np.full(count, label, np.int64)
+
+
 def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
                          mesh: jax.sharding.Mesh) -> tuple[Any, dict[str, Any]]:
   """EMA params of the latest checkpoint, or `sampling.params_file` if set.
@@ -105,7 +120,12 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
 
 
 def make_chunk_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """jitted (ema_params, key) -> uint8 (chunk, H, W, 3), sharded over 'data'.
+  """(ema_params, key, start=0) -> uint8 (chunk, H, W, 3), sharded over 'data'.
+
+  `start` is the run-wide index of the chunk's first sample; only the labels
+  of `sampling.label = -1` depend on it. The labels are made on the host by
+  `sample_labels` (the function that also writes them to the npz) and passed
+  in as an array, so every chunk shares one compilation.
 
   Cached per (what the chain depends on, mesh), so a resumed or repeated
   sampling run in the same process (a sweep, the tests) compiles once.
@@ -131,10 +151,8 @@ def _cached_chunk_sampler(relevant_json: str, mesh: jax.sharding.Mesh):
   shape = (chunk, size, size, 3)
   sharded = parallel.batch_sharded(mesh)
   ddim = bool(scfg.use_ddim or scfg.respacing.startswith("ddim"))
-  label = scfg.label if config.model.num_classes else None
 
-  def sample_chunk(params, key):
-    y = None if label is None else jnp.full((chunk,), label, jnp.int32)
+  def sample_chunk(params, key, y):
     noise = jax.random.normal(jax.random.fold_in(key, 0), shape, jnp.float32)
     # The starting noise fixes the sharding that propagates through the chain.
     noise = jax.lax.with_sharding_constraint(noise, sharded)
@@ -147,8 +165,13 @@ def _cached_chunk_sampler(relevant_json: str, mesh: jax.sharding.Mesh):
                         noise=noise)
     return to_uint8(x)
 
-  return jax.jit(sample_chunk, in_shardings=(parallel.replicated(mesh), None),
-                 out_shardings=sharded)
+  replicated = parallel.replicated(mesh)
+  jitted = jax.jit(sample_chunk, in_shardings=(replicated, None, replicated),
+                   out_shardings=sharded)
+  if not config.model.num_classes:
+    return lambda params, key, start=0: jitted(params, key, None)
+  return lambda params, key, start=0: jitted(
+      params, key, sample_labels(config, start, chunk).astype(np.int32))
 
 
 def preview_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -228,7 +251,8 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
     path = os.path.join(chunk_dir, f"chunk_{c:05d}.npz")
     if os.path.exists(path):  # written by process 0 of an earlier run
       continue
-    images = np.asarray(parallel.fetch(sample_chunk(params, jax.random.fold_in(root, c))))
+    images = np.asarray(parallel.fetch(
+        sample_chunk(params, jax.random.fold_in(root, c), c * chunk)))
     if lead:
       files.write_npz(path, images=images)
     progress.update(c + 1)
@@ -236,7 +260,7 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
   if lead:
     images = np.concatenate([_read_chunk(chunk_dir, c) for c in range(num_chunks)])[:n]
-    labels = np.full((n,), scfg.label if config.model.num_classes else 0, np.int64)
+    labels = sample_labels(config, 0, n)
     files.write_npz(out_path, arr_0=images, arr_1=labels)
     report.save_png(Workdir(workdir).samples_grid,
                     report.image_grid(images[:64], ncols=8))

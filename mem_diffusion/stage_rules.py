@@ -4,7 +4,8 @@ These sections are read by train.py, sampling.py and evaluate.py; their
 limits live here, in a module that imports nothing heavy, so that checking a
 config never builds a model or loads data. Rules that compare these sections
 with others (a respacing spec against diffusion.steps, a label against
-model.num_classes) are in mem_diffusion.validate.
+model.num_classes) are in mem_diffusion.validate, which passes
+model.num_classes to `validate_sampling_config` for label -1.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ SAMPLING_LIMITS = (
     int_in("sampling.batch_size", 1, MAX_BATCH, "images per jitted chunk"),
     real_in("sampling.eta", 0.0, 1.0, "DDIM noise scale: above 1 the direction term takes the "
             "square root of a negative number (NaN images)"),
-    int_in("sampling.label", 0, 999, "a class id of a class-conditional model"),
+    int_in("sampling.label", -1, 999, "a class id of a class-conditional model; -1 = every "
+           "class in turn (sample i gets label i % model.num_classes)"),
     int_in("sampling.seed", 0, MAX_SEED, SEED_WHY),
 )
 
@@ -64,9 +66,17 @@ def validate_training_config(training_cfg) -> None:
           f"training.grad_accum_steps={a}")
 
 
-def validate_sampling_config(sampling_cfg) -> None:
-  """Raises ConfigError naming the first bad `sampling.*` key."""
+def validate_sampling_config(sampling_cfg, num_classes: int | None = None) -> None:
+  """Raises ConfigError naming the first bad `sampling.*` key.
+
+  `num_classes` (model.num_classes) adds the one rule that needs it: label -1
+  cycles through the classes, which an unconditional model does not have.
+  """
   check_section(SAMPLING_LIMITS, sampling_cfg)
+  if num_classes is not None:
+    require(sampling_cfg.label >= 0 or num_classes > 0,
+            f"sampling.label={sampling_cfg.label} (every class in turn) needs a "
+            "class-conditional model: set model.num_classes > 0 or sampling.label=0")
 
 
 def validate_eval_config(eval_cfg) -> None:

@@ -108,7 +108,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
   model_rules.validate_model_config(config.model, config.data.image_size)
   diffusion_rules.validate_diffusion_config(config.diffusion)
   stage_rules.validate_training_config(config.training)
-  stage_rules.validate_sampling_config(config.sampling)
+  stage_rules.validate_sampling_config(config.sampling, config.model.num_classes)
   stage_rules.validate_eval_config(config.eval)
 
   _check_across_sections(config)

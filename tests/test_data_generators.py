@@ -32,12 +32,17 @@ def _gen(name, indices, batch_size=generators.DEFAULT_GEN_BATCH, seed=0):
     return generators.gm_images(seed, indices, S, batch_size=batch_size)
   if name == "geometric":
     return geometric.geometric_images(seed, indices, S, batch_size=batch_size)
+  if name == "mondrian_earth":
+    return mondrian.earth_images(seed, indices, S, batch_size=batch_size)
+  if name == "mondrian_pool":
+    return mondrian.pool_images(seed, indices, S, batch_size=batch_size)
   cars = np.random.default_rng(5).integers(0, 256, (64, S, S, 3), dtype=np.uint8)
   return generators.hybrid_images(seed, indices, cars[indices], 0.25,
                                   batch_size=batch_size)
 
 
-@pytest.mark.parametrize("name", ["mondrian", "gm", "geometric", "hybrid"])
+@pytest.mark.parametrize("name", ["mondrian", "mondrian_earth", "mondrian_pool", "gm",
+                                  "geometric", "hybrid"])
 def test_deterministic_nested_and_batch_size_free(name):
   big = _gen(name, np.arange(40))
   assert big.dtype == np.uint8 and big.shape == (40, S, S, 3)

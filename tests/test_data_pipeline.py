@@ -150,6 +150,12 @@ def test_pipeline_argument_errors(train_set):
     (dict(dataset="cifar_classes", classes=(1, 1), class_counts=(10, 10)), "data.classes"),
     (dict(dataset="cifar_classes", classes=(1, 12), class_counts=(10, 10)), "data.classes"),
     (dict(dataset="cifar_classes", classes=(1,), class_counts=(0,)), "data.class_counts"),
+    (dict(dataset="cifar_classes", classes=(1,), class_counts=(6001,)), "data.class_counts"),
+    (dict(dataset="cifar_classes", classes=(1,), class_counts=(9,), dummy_kind="hybrid"),
+     "data.dummy_kind='hybrid'"),
+    (dict(dataset="mondrian_classes", class_counts=(4, 5, 6)), "data.class_counts"),
+    (dict(dataset="mondrian_classes", class_counts=(4,)), "data.class_counts"),
+    (dict(dataset="mondrian_classes", dummy_kind="cars"), "data.dummy_kind='cars'"),
 ])
 def test_config_validation_names_the_key(overrides, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -164,7 +170,11 @@ def test_valid_configs_and_num_classes():
                        num_original=2000), 2),
                  (_cfg(dataset="cifar_classes", dummy_kind="", num_dummy=0,
                        classes=(3, 5, 1), class_counts=(5, 50, 500)), 3),
-                 (_cfg(dataset="cifar_classes", classes=(3, 5), class_counts=(5, 50)), 3)]:
+                 (_cfg(dataset="cifar_classes", classes=(3, 5), class_counts=(5, 50)), 3),
+                 (_cfg(dummy_kind="hybrid", image_size=12), 2),  # Mondrian: any size
+                 (_cfg(dataset="mondrian_classes", class_counts=(16, 240), dummy_kind="",
+                       num_dummy=0), 2),
+                 (_cfg(dataset="mondrian_classes", class_counts=(5000, 9000)), 3)]:
     data.validate_data_config(cfg)
     assert data.num_classes(cfg) == k
   tiny = default.get_config("tiny").data

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import checkpoint, convert, evaluate, metrics, parallel, sampling, state, train
+from mem_diffusion import (checkpoint, convert, errors, evaluate, metrics, parallel, replicates,
+                           sampling, state, train, validate)
 from mem_diffusion.models import unet_from_config
 import train_helpers as th
 
@@ -29,20 +30,24 @@ def _config(workdir_params: str, **changes):
   return config
 
 
-@pytest.fixture(scope="session")
-def params_file(tmp_path_factory):
-  config = th.micro_config()
+def _random_params_file(config, directory) -> str:
   model = unet_from_config(config.model, config.data.image_size)
   size = config.data.image_size
+  y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
-                         jnp.zeros((1,)), None))["params"]
+                         jnp.zeros((1,)), y))["params"]
   rng = np.random.default_rng(0)
   params = jax.tree.map(
       lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-  path = str(tmp_path_factory.mktemp("params") / "params.msgpack")
+  path = str(directory / "params.msgpack")
   convert.save_params(params, path)
   return path
+
+
+@pytest.fixture(scope="session")
+def params_file(tmp_path_factory):
+  return _random_params_file(th.micro_config(), tmp_path_factory.mktemp("params"))
 
 
 @pytest.fixture(scope="session")
@@ -94,11 +99,11 @@ def test_resume_reuses_chunks_and_matches(sampled, params_file, tmp_path, monkey
 
   def failing_after_two(cfg, mesh):
     fn = real(cfg, mesh)
-    def wrapped(params, key):
+    def wrapped(params, key, start=0):
       if len(calls) == 2:
         raise KeyboardInterrupt("simulated preemption")
       calls.append(1)
-      return fn(params, key)
+      return fn(params, key, start)
     return wrapped
 
   monkeypatch.setattr(sampling, "make_chunk_sampler", failing_after_two)
@@ -118,9 +123,9 @@ def test_resume_reuses_chunks_and_matches(sampled, params_file, tmp_path, monkey
 
 
 def _counting(fn, calls):
-  def wrapped(params, key):
+  def wrapped(params, key, start=0):
     calls.append(1)
-    return fn(params, key)
+    return fn(params, key, start)
   return wrapped
 
 
@@ -194,3 +199,41 @@ def test_restoring_for_sampling_builds_no_train_step(tmp_path, monkeypatch):
   assert source == {"source": str(tmp_path / "checkpoints"), "step": 3}
   assert metrics.tree_sha256(jax.device_get(params)) == metrics.tree_sha256(
       jax.device_get(saved.ema_params))
+
+
+def test_label_minus_one_samples_every_class_in_turn(tmp_path):
+  """Three classes and chunks of 8: chunk 1 starts at label 8 % 3 = 2."""
+  config = th.micro_config(model__num_classes=3, sampling__label=-1)
+  config = _config(_random_params_file(config, tmp_path), model__num_classes=3,
+                   sampling__label=-1)
+  validate.validate_config(config)
+  path = sampling.sample_to_workdir(config, str(tmp_path / "run"))
+  with np.load(path) as f:
+    images, labels = f["arr_0"], f["arr_1"]
+  np.testing.assert_array_equal(labels, np.arange(20) % 3)
+  # The written labels are the ones the model was given: chunk 1 resampled
+  # with start=8 (labels 2, 0, 1, ...) gives its images again, and the labels
+  # do reach the model (a start one class later changes every image, one
+  # whole cycle later changes none).
+  mesh = parallel.data_mesh()
+  sampler = sampling.make_chunk_sampler(config, mesh)
+  params = jax.device_put(convert.load_params(config.sampling.params_file),
+                          parallel.replicated(mesh))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.sampling.seed), 1)
+  at = lambda start: np.asarray(parallel.fetch(sampler(params, key, start)))
+  np.testing.assert_array_equal(at(8), images[8:16])
+  np.testing.assert_array_equal(at(11), images[8:16])
+  assert all(not np.array_equal(a, b) for a, b in zip(at(9), images[8:16]))
+  # One sampling run gives the replicate ratio of every class.
+  train = np.concatenate([images[:2], np.zeros((3, 8, 8, 3), np.uint8)])
+  report, _ = replicates.analyze(images, train, sample_labels=labels, blend_k=0)
+  assert set(report["per_class"]) == {"0", "1", "2"}
+  assert report["per_class"]["0"]["replicate_ratio"] > 0  # images[0] is in `train`
+
+
+def test_label_minus_one_needs_a_conditional_model():
+  config = th.micro_config(sampling__label=-1)
+  with pytest.raises(errors.ConfigError, match=r"sampling\.label=-1 .*model\.num_classes > 0"):
+    validate.validate_config(config)
+  with pytest.raises(errors.ConfigError, match=r"sampling\.label"):
+    validate.validate_config(th.micro_config(model__num_classes=2, sampling__label=-2))

@@ -13,12 +13,16 @@ from mem_diffusion.config_checks import (MAX_SEED, SEED_WHY, check_section, int_
 from mem_diffusion.data import cifar
 from mem_diffusion.data.generators import HYBRID_MASKS
 
-DATASETS = ("cifar_cars", "mondrian", "cifar_classes")
+DATASETS = ("cifar_cars", "mondrian", "cifar_classes", "mondrian_classes")
+MONDRIAN_DATASETS = ("mondrian", "mondrian_classes")  # generated: no CIFAR-10 needed
 DUMMY_KINDS = ("", "gm", "hybrid", "cars", "geometric")
 SAMPLING = ("uniform", "balanced")
-CAR_BASED_DUMMIES = ("hybrid", "cars")  # their images come from the CIFAR car pool
+# Their images come from the CIFAR car pool with 'cifar_cars'; Mondrian hybrids
+# take a pool of held-out Mondrians instead (mondrian.pool_images).
+CAR_BASED_DUMMIES = ("hybrid", "cars")
 
 MAX_IMAGES = 1_000_000
+MONDRIAN_CLASSES = 2  # 'mondrian_classes': the Mondrian and the earth-palette population
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
 # The train set lives in host memory as uint8; past this the build swaps or is
 # killed after minutes of image generation.
@@ -40,7 +44,7 @@ LIMITS = (
     real_in("data.original_share", 0.0, 1.0, "'balanced' takes both kinds in every batch",
             open_lo=True, open_hi=True),
     int_in("data.classes", 0, cifar.NUM_CLASSES - 1, "CIFAR-10 class ids", each=True),
-    int_in("data.class_counts", 1, cifar.PER_CLASS, "CIFAR-10 has 6000 images per class",
+    int_in("data.class_counts", 1, MAX_IMAGES, "the train set is held in host memory",
            each=True),
 )
 
@@ -50,14 +54,20 @@ def num_classes(data_cfg) -> int:
 
   Extra cars are still cars: 'cars' dummies add no label.
   """
-  base = len(tuple(data_cfg.classes)) if data_cfg.dataset == "cifar_classes" else 1
+  if data_cfg.dataset == "cifar_classes":
+    base = len(tuple(data_cfg.classes))
+  elif data_cfg.dataset == "mondrian_classes":
+    base = MONDRIAN_CLASSES
+  else:
+    base = 1
   return base + (1 if data_cfg.dummy_kind not in ("", "cars") else 0)
 
 
 def num_images(data_cfg) -> int:
   """Rows of the train set (original + dummy)."""
   c = data_cfg
-  original = sum(c.class_counts) if c.dataset == "cifar_classes" else c.num_original
+  per_class = c.dataset in ("cifar_classes", "mondrian_classes")
+  original = sum(c.class_counts) if per_class else c.num_original
   return int(original) + int(c.num_dummy)
 
 
@@ -65,7 +75,7 @@ def validate_data_config(data_cfg) -> None:
   """Raises ConfigError naming the first bad `data.*` key; loads nothing."""
   c = data_cfg
   check_section(LIMITS, c)
-  uses_cifar = c.dataset != "mondrian" or c.dummy_kind in CAR_BASED_DUMMIES
+  uses_cifar = c.dataset not in MONDRIAN_DATASETS
   require(not (uses_cifar and cifar.CIFAR_SIZE % c.image_size),
           f"data.image_size={c.image_size} must divide 32 with CIFAR images")
   require(not (c.dummy_kind and c.num_dummy == 0),
@@ -74,9 +84,18 @@ def validate_data_config(data_cfg) -> None:
           f"data.num_dummy={c.num_dummy} needs a data.dummy_kind")
   require(not (c.sampling == "balanced" and not c.num_dummy),
           "data.sampling='balanced' needs dummies (data.num_dummy > 0)")
-  require(not (c.dummy_kind in CAR_BASED_DUMMIES and c.dataset != "cifar_cars"),
-          f"data.dummy_kind={c.dummy_kind!r} takes its cars from the pool of "
+  require(not (c.dummy_kind == "cars" and c.dataset != "cifar_cars"),
+          f"data.dummy_kind='cars' takes its cars from the pool of "
           f"data.dataset='cifar_cars', not {c.dataset!r}")
+  require(not (c.dummy_kind == "hybrid" and c.dataset == "cifar_classes"),
+          "data.dummy_kind='hybrid' takes its low frequencies from the car pool of "
+          "data.dataset='cifar_cars' or from held-out Mondrians ('mondrian', "
+          "'mondrian_classes'), not from 'cifar_classes'")
+  if c.dataset == "mondrian_classes":
+    counts = tuple(c.class_counts)
+    require(len(counts) == MONDRIAN_CLASSES,
+            f"data.class_counts={counts}: 'mondrian_classes' needs {MONDRIAN_CLASSES} "
+            "counts (class 0 = Mondrian, class 1 = the earth palette)")
   if c.dataset == "cifar_classes":
     classes, counts = tuple(c.classes), tuple(c.class_counts)
     require(len(classes) == len(counts) and bool(classes),
@@ -84,11 +103,14 @@ def validate_data_config(data_cfg) -> None:
             "and of the same length")
     require(len(set(classes)) == len(classes),
             f"data.classes={classes}: distinct CIFAR-10 ids in 0..9")
+    require(max(counts) <= cifar.PER_CLASS,
+            f"data.class_counts={counts}: at most {cifar.PER_CLASS} per class "
+            "(CIFAR-10 has 6000 images per class)")
   elif c.dataset == "cifar_cars":
     require(c.num_original <= cifar.PER_CLASS,
             f"data.num_original={c.num_original} must be in 1..{cifar.PER_CLASS} "
             "(CIFAR-10 has 6000 cars)")
-  if c.dummy_kind in CAR_BASED_DUMMIES:
+  if c.dummy_kind in CAR_BASED_DUMMIES and c.dataset == "cifar_cars":
     pool = cifar.PER_CLASS - c.num_original
     require(c.num_dummy <= pool,
             f"data.num_dummy={c.num_dummy} {c.dummy_kind} dummies need that many pool cars, "

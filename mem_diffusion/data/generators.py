@@ -27,6 +27,7 @@ STREAM_GM = 3
 STREAM_HYBRID = 4
 STREAM_GEOMETRIC = 5
 STREAM_CAR_SPLIT = 6  # CIFAR class splits: fold_in(stream, class)
+STREAM_MONDRIAN_EARTH = 7  # class 1 of data.dataset='mondrian_classes'
 _GM_BASE_TAG = 0xBA5E  # inside the GM stream: the 100 fixed base images
 
 GM_NUM_BASES = 100

@@ -12,6 +12,13 @@ Rendering is an exact box filter for cells and lines (pixel coverage of a
 rectangle is the product of two 1-D interval overlaps); overlapping lines
 combine as 1 - prod(1 - coverage). So edges are anti-aliased, never stepped.
 
+Two populations share this construction and differ only in the palette:
+'mondrian' (the paper's red/blue/yellow/white/black) and 'mondrian_earth'
+(green/orange/greys), the second class of data.dataset='mondrian_classes'.
+Its pictures are as complex as the first class's, so a gap in memorization
+between the two classes comes from their counts, not from their difficulty;
+no cell of it is red, blue or yellow, so the two are told apart at a glance.
+
 Entropy matters: the study needs fresh draws that are not near-copies of a
 2,000-image train set (see checks.py). The continuous split positions,
 line thicknesses and colour jitter are what provide it.
@@ -40,6 +47,19 @@ PALETTE = np.array([
     [0.06, 0.06, 0.07],  # black
 ], np.float32)
 PALETTE_PROBS = np.array([0.44, 0.17, 0.17, 0.15, 0.07], np.float32)
+# The second population: same roles (a light ground, three colours, a dark
+# accent) and the same probabilities, other hues.
+EARTH_PALETTE = np.array([
+    [0.78, 0.78, 0.74],  # light grey
+    [0.20, 0.52, 0.22],  # green
+    [0.93, 0.52, 0.12],  # orange
+    [0.45, 0.45, 0.47],  # mid grey
+    [0.18, 0.22, 0.16],  # dark olive
+], np.float32)
+POPULATIONS = {"mondrian": PALETTE, "mondrian_earth": EARTH_PALETTE}
+# Held-out stream indices from here on are the hybrid pool (`pool_images`);
+# eval's held-out Mondrians are the indices below it.
+POOL_OFFSET = 2**31
 
 
 def _overlap(lo: jax.Array, hi: jax.Array, size: int) -> jax.Array:
@@ -50,7 +70,7 @@ def _overlap(lo: jax.Array, hi: jax.Array, size: int) -> jax.Array:
   return jnp.clip(b - a, 0.0, None) * size
 
 
-def _compose(key: jax.Array):
+def _compose(key: jax.Array, palette: np.ndarray = PALETTE):
   """The random composition: leaf rectangles, their colours, line bands."""
   k_n, k_split, k_col, k_jit, k_thick = jax.random.split(key, 5)
   n_cuts = jax.random.randint(k_n, (), MIN_SPLITS, MAX_SPLITS + 1)
@@ -88,15 +108,16 @@ def _compose(key: jax.Array):
     return rects, lines
 
   rects, lines = jax.lax.fori_loop(0, MAX_SPLITS, cut, (rects, lines))
-  choice = jax.random.choice(k_col, len(PALETTE), (n_rect,),
+  choice = jax.random.choice(k_col, len(palette), (n_rect,),
                              p=jnp.asarray(PALETTE_PROBS))
-  colours = jnp.asarray(PALETTE)[choice] + COLOUR_JITTER * jax.random.normal(
+  colours = jnp.asarray(palette)[choice] + COLOUR_JITTER * jax.random.normal(
       k_jit, (n_rect, 3))
   return rects, jnp.clip(colours, 0.0, 1.0), lines
 
 
-def mondrian_float(key: jax.Array, image_size: int) -> jax.Array:
-  rects, colours, lines = _compose(key)
+def mondrian_float(key: jax.Array, image_size: int,
+                   palette: np.ndarray = PALETTE) -> jax.Array:
+  rects, colours, lines = _compose(key, palette)
   cov_x = _overlap(rects[:, 0], rects[:, 2], image_size)  # (R, S)
   cov_y = _overlap(rects[:, 1], rects[:, 3], image_size)
   # Leaves partition the square, so coverages sum to one at every pixel.
@@ -109,8 +130,9 @@ def mondrian_float(key: jax.Array, image_size: int) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _per_image(image_size: int):
-  return lambda key: generators.to_uint8(mondrian_float(key, image_size))
+def _per_image(image_size: int, population: str = "mondrian"):
+  palette = POPULATIONS[population]
+  return lambda key: generators.to_uint8(mondrian_float(key, image_size, palette))
 
 
 @generators.on_cpu
@@ -122,3 +144,29 @@ def mondrian_images(seed: int, indices, image_size: int, *, heldout: bool = Fals
   return generators.render_indexed(_per_image(image_size),
                                    generators.stream_key(seed, tag), indices,
                                    batch_size=batch_size)
+
+
+@generators.on_cpu
+def pool_images(seed: int, indices, image_size: int, *,
+                batch_size: int = generators.DEFAULT_GEN_BATCH) -> np.ndarray:
+  """Pool Mondrian i: held-out stream index POOL_OFFSET + i.
+
+  The low-frequency sources of Mondrian hybrids, the Mondrian counterpart of
+  the CIFAR car pool. Eval's held-out images are the held-out stream's
+  indices below POOL_OFFSET (`heldout_available` says so), so a pool image is
+  neither a train image nor a held-out one.
+  """
+  indices = np.asarray(indices, dtype=np.int64)
+  if np.any(indices < 0) or np.any(indices >= POOL_OFFSET):
+    raise ValueError(f"pool Mondrian indices must lie in [0, {POOL_OFFSET})")
+  return mondrian_images(seed, POOL_OFFSET + indices, image_size, heldout=True,
+                         batch_size=batch_size)
+
+
+@generators.on_cpu
+def earth_images(seed: int, indices, image_size: int, *,
+                 batch_size: int = generators.DEFAULT_GEN_BATCH) -> np.ndarray:
+  """The second population ('mondrian_earth' palette), from its own stream."""
+  return generators.render_indexed(_per_image(image_size, "mondrian_earth"),
+                                   generators.stream_key(seed, generators.STREAM_MONDRIAN_EARTH),
+                                   indices, batch_size=batch_size)

@@ -7,9 +7,16 @@ images exist and what they are labelled.
 Labels. Runs with a non-car dummy kind (gm, hybrid, geometric) are
 class-conditional: label 0 is the original class, the dummy kind gets label 1.
 'cifar_classes' labels class data.classes[i] as i (dummies, if any, get
-len(classes)). Cars-only runs ('cifar_cars' without dummies or with more cars)
-and Mondrian without dummies are single-class: every label is 0 and
-`num_classes` is 1, i.e. the model should be unconditional.
+len(classes)); 'mondrian_classes' labels the Mondrian 0 and the earth-palette
+population 1 (dummies, if any, 2). Cars-only runs ('cifar_cars' without
+dummies or with more cars) and Mondrian without dummies are single-class:
+every label is 0 and `num_classes` is 1, i.e. the model should be
+unconditional.
+
+Hybrids take their low frequencies from a pool outside the train set: pool
+cars with 'cifar_cars' (their CIFAR index is recorded in `car_indices`),
+pool Mondrians (mondrian.pool_images: hybrid i uses pool Mondrian i) with the
+Mondrian datasets, where `car_indices` stays -1 since no car is involved.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from mem_diffusion.data.config_rules import (  # pylint: disable=unused-import
     CAR_BASED_DUMMIES,
     DATASETS,
     DUMMY_KINDS,
+    MONDRIAN_DATASETS,
     SAMPLING,
     num_classes,
     validate_data_config,
@@ -42,7 +50,7 @@ class TrainSet:
   indices: np.ndarray  # int64 (N,): CIFAR-10 index or generator index
   num_classes: int  # 1 = single class (unconditional model)
   num_original: int  # rows [0, num_original) are original-class images
-  car_indices: np.ndarray  # int64 (N,): hybrid -> CIFAR index of its car, else -1
+  car_indices: np.ndarray  # int64 (N,): car hybrid -> CIFAR index of its car, else -1
   split: dict  # recorded CIFAR split {class: {'train': [...], 'pool': [...]}}
 
   def __len__(self) -> int:
@@ -127,12 +135,14 @@ def build_train_set(data_cfg, *, gen_batch_size: int = generators.DEFAULT_GEN_BA
   images, labels, sources, indices = [], [], [], []
   split, pool_images, pool_index = {}, None, None
 
-  if c.dataset == "mondrian":
-    images.append(mondrian.mondrian_images(c.seed, np.arange(c.num_original), size,
-                                           batch_size=gen_batch_size))
-    labels.append(np.zeros(c.num_original, np.int32))
-    sources.append(np.full(c.num_original, "mondrian"))
-    indices.append(np.arange(c.num_original, dtype=np.int64))
+  if c.dataset in MONDRIAN_DATASETS:
+    counts = tuple(c.class_counts) if c.dataset == "mondrian_classes" else (c.num_original,)
+    render = (mondrian.mondrian_images, mondrian.earth_images)
+    for label, (n, fn) in enumerate(zip(counts, render)):
+      images.append(fn(c.seed, np.arange(n), size, batch_size=gen_batch_size))
+      labels.append(np.full(n, label, np.int32))
+      sources.append(np.full(n, "mondrian" if label == 0 else "mondrian_earth"))
+      indices.append(np.arange(n, dtype=np.int64))
   else:
     parts, split, pool_images, pool_index = _cifar_part(c)
     for imgs, idx, label in parts:
@@ -148,7 +158,9 @@ def build_train_set(data_cfg, *, gen_batch_size: int = generators.DEFAULT_GEN_BA
     dummy_label = num_classes(c) - 1 if c.dummy_kind != "cars" else 0
     ids = np.arange(nd, dtype=np.int64)
     cars = None
-    if c.dummy_kind in CAR_BASED_DUMMIES:
+    if c.dataset in MONDRIAN_DATASETS and c.dummy_kind == "hybrid":
+      cars = mondrian.pool_images(c.seed, ids, size, batch_size=gen_batch_size)
+    elif c.dummy_kind in CAR_BASED_DUMMIES:
       _check_count(len(pool_images), nd, "the car pool")
       cars = cifar.downscale(pool_images[:nd], size)
     if c.dummy_kind == "gm":
@@ -168,7 +180,8 @@ def build_train_set(data_cfg, *, gen_batch_size: int = generators.DEFAULT_GEN_BA
     else:
       sources.append(np.full(nd, c.dummy_kind))
       indices.append(ids)
-    car_indices.append(pool_index[:nd].astype(np.int64) if c.dummy_kind == "hybrid"
+    car_indices.append(pool_index[:nd].astype(np.int64)
+                       if c.dummy_kind == "hybrid" and pool_index is not None
                        else np.full(nd, -1, np.int64))
 
   return TrainSet(
@@ -188,8 +201,8 @@ def heldout_available(data_cfg) -> int:
   (computed from the config: CIFAR-10 has 6,000 images per class)."""
   validate_data_config(data_cfg)
   c = data_cfg
-  if c.dataset == "mondrian":
-    return 2**31
+  if c.dataset in MONDRIAN_DATASETS:
+    return mondrian.POOL_OFFSET  # the held-out stream below the hybrids' pool
   first = c.num_original if c.dataset == "cifar_cars" else tuple(c.class_counts)[0]
   used = c.num_dummy if c.dummy_kind == "cars" else 0
   return cifar.PER_CLASS - first - used
@@ -198,7 +211,9 @@ def heldout_available(data_cfg) -> int:
 def heldout_images(data_cfg, n: int) -> np.ndarray:
   """Real original-class images outside the train set, uint8 NHWC.
 
-  Mondrian: fresh draws from a stream disjoint from the train stream. CIFAR:
+  Mondrian (both datasets; class 0 for 'mondrian_classes'): fresh draws
+  from a stream disjoint from the train stream, below the hybrids' pool
+  (mondrian.POOL_OFFSET). CIFAR:
   pool images of the original class (data.classes[0] for 'cifar_classes')
   not used as dummies. For hybrids, the pool cars no hybrid uses come first;
   only when those run out do the hybrids' own cars follow (they are not in the
@@ -209,7 +224,10 @@ def heldout_images(data_cfg, n: int) -> np.ndarray:
   if n < 0:
     raise ValueError(f"n={n} must be >= 0")
   c = data_cfg
-  if c.dataset == "mondrian":
+  if c.dataset in MONDRIAN_DATASETS:
+    if n > mondrian.POOL_OFFSET:
+      raise ValueError(f"heldout_images: at most {mondrian.POOL_OFFSET} held-out Mondrians, "
+                       f"asked for {n}")
     return mondrian.mondrian_images(c.seed, np.arange(n), c.image_size, heldout=True)
   _, _, pool_images, _ = _cifar_part(c)
   used = c.num_dummy if c.dummy_kind in CAR_BASED_DUMMIES else 0

@@ -15,8 +15,8 @@ a `--configs` sweep gets the same figures wherever its runs fit a group:
 - dummies fill: a dummy kind that has 'balanced' runs, uniform against
   balanced over every M (each line labelled with its batch size: balanced
   at batch 2B gives the original class the no-dummy run's B rows per step).
-- per class: runs whose report has a `per_class` block (samples of every
-  label), the ratio of each class.
+- per class: runs whose report's `per_class` block has several classes
+  (samples of every label), the ratio of each class.
 
 Each cell is the mean over seeds with min-max, the bars of every figure are
 min-max (3 seeds: a std is no better an estimate than the range), and each
@@ -325,7 +325,8 @@ def markdown(agg: Sequence[dict[str, Any]]) -> str:
   if fill:
     parts += ["## Dummies fill capacity (uniform vs balanced batches)", "",
               *_series_table(fill, "M"), ""]
-  classes = [e for e in agg if e["per_class"]]
+  # Every labelled sample set has a per_class block; one class says nothing more.
+  classes = [e for e in agg if len(e["per_class"]) > 1]
   if classes:
     parts += ["## Per class (samples of every label)", "", *_class_table(classes), ""]
   parts += ["## All runs", "", *_all_runs_table(agg)]

@@ -140,3 +140,10 @@ def test_toy_preset_covers_every_figure():
   assert sum(s.endswith("steps=1000") for s in specs) == 6
   assert sum("toy_dummies.py" in s for s in specs) == 15
   assert "eval.every_steps=0" in study.PRESETS["toy"].overrides
+
+
+def test_one_class_runs_have_no_per_class_table():
+  one = {"0": {"ratio": 0.5, "ci95": [0.4, 0.6]}}
+  agg = study.aggregate([fake("c", 0, 0.5, per_class=one)])
+  assert agg[0]["per_class"]["0"]["ratio_mean"] == 0.5
+  assert "## Per class" not in study.markdown(agg)

@@ -193,9 +193,11 @@ def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
 
 
 def _progress(k: int, n: int, config: ml_collections.ConfigDict, seed: int,
-              report: dict[str, Any], seconds: float) -> None:
+              report: dict[str, Any], seconds: float | None) -> None:
+  """The line that ends a run; seconds None: it was complete already."""
   print(f"[{k}/{n}] {config.name} seed {seed}: replicate ratio "
-        f"{report['replicate_ratio']:.3f} ({seconds:.0f} s)", flush=True)
+        f"{report['replicate_ratio']:.3f} "
+        + ("(complete, skipped)" if seconds is None else f"({seconds:.0f} s)"), flush=True)
 
 
 def _cache_dir(compile_cache: str, root: str) -> str:
@@ -282,7 +284,7 @@ def _sweep_parallel(plan, root: str, overrides: Sequence[str], jobs: int, cache:
   previous = {s: signal.signal(s, lambda signum, _: caught.append(signum))
               for s in (signal.SIGINT, signal.SIGTERM)}
 
-  def finish(i: int, report: dict[str, Any], seconds: float) -> None:
+  def finish(i: int, report: dict[str, Any], seconds: float | None) -> None:
     spec, seed, config, workdir = plan[i]
     done[i] = row(spec, config, seed, workdir, report, seconds)
     write_outputs([done[k] for k in sorted(done)], root)
@@ -294,18 +296,25 @@ def _sweep_parallel(plan, root: str, overrides: Sequence[str], jobs: int, cache:
         i, (spec, seed, config, workdir) = pending.pop(0)
         report = _finished_report(config, workdir)
         if report is not None:
-          print(f"[{i + 1}/{n}] {config.name} seed {seed}: complete (skipped)", flush=True)
-          finish(i, report, 0.0)
+          finish(i, report, None)
           continue
-        slot = free_slots.pop(0)
+        slot = free_slots[0]
         cpu = cores[slot % len(cores)] if jobs <= len(cores) else -1
-        os.makedirs(workdir, exist_ok=True)
         log_path = os.path.join(workdir, "sweep.log")
-        with open(log_path, "a") as log:
-          proc = subprocess.Popen(  # pylint: disable=consider-using-with
-              _worker_command(spec, seed, root, overrides, cache, verbose, cpu),
-              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        running[proc] = (i, slot, time.time(), log_path)
+        try:
+          os.makedirs(workdir, exist_ok=True)
+          with open(log_path, "a") as log:
+            # Its own session: a terminal's Ctrl-C reaches only this process,
+            # which then stops every worker the same way.
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                _worker_command(spec, seed, root, overrides, cache, verbose, cpu),
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+          failed.append((i, f"{config.name} seed {seed}"))
+          print(f"[{i + 1}/{n}] {config.name} seed {seed}: FAILED to start in {workdir} "
+                f"({e.strerror or e})", file=sys.stderr, flush=True)
+          continue
+        running[proc] = (i, free_slots.pop(0), time.time(), log_path)
         print(f"[{i + 1}/{n}] {config.name} seed {seed} -> {workdir}"
               + (f" (cpu {cpu})" if cpu >= 0 else ""), flush=True)
       for proc in [p for p in running if p.poll() is not None]:
@@ -316,7 +325,7 @@ def _sweep_parallel(plan, root: str, overrides: Sequence[str], jobs: int, cache:
         if proc.returncode == 0:
           report = _finished_report(config, workdir)
         if report is None:
-          failed.append(f"{config.name} seed {seed}")
+          failed.append((i, f"{config.name} seed {seed}"))
           print(_log_tail(log_path), end="", file=sys.stderr, flush=True)
           print(f"[{i + 1}/{n}] {config.name} seed {seed}: FAILED (exit {proc.returncode}); "
                 f"log: {log_path}", file=sys.stderr, flush=True)
@@ -327,21 +336,21 @@ def _sweep_parallel(plan, root: str, overrides: Sequence[str], jobs: int, cache:
     stopped = [f"{plan[i][2].name} seed {plan[i][1]}" for i, *_ in running.values()]
     for proc in running:
       proc.terminate()  # train.py saves on SIGTERM, then exits
-    deadline = time.time() + 300
-    for proc in running:
-      try:
-        proc.wait(timeout=max(deadline - time.time(), 1))
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    # Saving takes seconds; a second signal (or 5 minutes) kills the rest.
+    deadline, signals = time.time() + 300, len(caught)
+    while any(p.poll() is None for p in running):
+      if time.time() > deadline or len(caught) > max(signals, 1):
+        for proc in running:
+          proc.kill()
+      time.sleep(0.2)
     for s, handler in previous.items():
       signal.signal(s, handler)
   if caught:
     raise SweepStopped(caught[0], stopped)
   if failed:
     raise errors.RunFailedError(
-        f"{len(failed)} of {n} runs failed: {', '.join(failed)}; each log is "
-        "<workdir>/sweep.log; rerun the same command to retry them")
+        f"{len(failed)} of {n} runs failed: {', '.join(name for _, name in sorted(failed))}; "
+        "each log is <workdir>/sweep.log; rerun the same command to retry them")
   return [done[k] for k in sorted(done)]
 
 

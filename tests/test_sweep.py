@@ -181,13 +181,16 @@ def _fake_workers(monkeypatch, script):
 
 def test_parallel_failures_are_reported_after_the_others(tmp_path, monkeypatch, capsys):
   _fake_workers(monkeypatch, "print('worker says: disk on fire'); raise SystemExit(3)")
-  specs = ["configs/toy_capacity.py:n=4,tiny", "configs/toy_capacity.py:n=6,tiny"]
-  with pytest.raises(errors.RunFailedError,
-                     match="2 of 2 runs failed: toy_capacity_4 seed 0, toy_capacity_6 seed 0"):
+  specs = ["configs/toy_capacity.py:n=4,tiny", "configs/toy_capacity.py:n=6,tiny",
+           "configs/toy_capacity.py:n=8,tiny"]
+  (tmp_path / "toy_capacity_8").write_text("a file where the run's folder goes")
+  with pytest.raises(errors.RunFailedError, match="3 of 3 runs failed: toy_capacity_4 seed 0, "
+                     "toy_capacity_6 seed 0, toy_capacity_8 seed 0"):
     sweep.sweep(specs, [0], str(tmp_path), MICRO, jobs=2, compile_cache="none")
   err = capsys.readouterr().err
   assert err.count("worker says: disk on fire") == 2  # each failed run's log tail
   assert "toy_capacity_6 seed 0: FAILED (exit 3)" in err
+  assert "toy_capacity_8 seed 0: FAILED to start" in err
 
 
 def test_parallel_sigterm_stops_the_workers(tmp_path, monkeypatch):

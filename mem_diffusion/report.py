@@ -7,7 +7,7 @@ importing this module stays fast and works without a display.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -190,43 +190,57 @@ def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str,
   _save_figure(plt, fig, path)
 
 
-def study_figure(series: dict[str, list[dict[str, Any]]], x_field: str, path: str, *,
-            xlabel: str, title: str, log_x: bool) -> None:
-  """Replicate ratio (left) and quality (right) against x, one line per series.
+class Panel(NamedTuple):
+  """One panel of `errorbar_figure`.
 
-  `series` maps a label to aggregate rows (the sweep's: ratio_mean/std and
-  d1_median_ratio_mean/std per x); error bars are the std over seeds.
+  `series` maps a line's label to its points (x, y, low, high): the bar runs
+  from low to high, so it can show a range (min-max over seeds) as well as a
+  symmetric spread; None for low/high draws no bar.
+  """
+  title: str
+  ylabel: str
+  series: dict[str, Sequence[tuple[float, float, float | None, float | None]]]
+  ylim: tuple[float, float] | None = None
+  hline: float | None = None
+
+
+def errorbar_figure(panels: Sequence[Panel], path: str, *, xlabel: str,
+                    log_x: bool = False) -> None:
+  """Panels side by side sharing x: lines with asymmetric error bars.
+
+  On a log x axis an x of 0 (a no-dummy baseline) cannot be drawn; it sits at
+  half the smallest nonzero x of the figure, and its tick says 0. Ticks label
+  the x values that were run (log minor ticks overlap at this width).
   """
   plt = _pyplot()
-  fig, (ax, axq) = plt.subplots(1, 2, figsize=(10, 3.6))
-  ticks: dict[float, str] = {}
-  for label, es in sorted(series.items()):
-    # A log axis cannot show x = 0: the baseline sits at half the smallest
-    # nonzero x of the figure, and its tick says 0.
-    xs = [e[x_field] for e in es]
-    if log_x and xs and xs[0] == 0:
-      nonzero = [e[x_field] for s_ in series.values() for e in s_ if e[x_field] > 0]
-      xs[0] = min(nonzero) / 2 if nonzero else 1
-    for x, e in zip(xs, es):
-      ticks[x] = "0" if e[x_field] == 0 else f"{e[x_field]:g}"
-    ax.errorbar(xs, [e["ratio_mean"] for e in es], yerr=[e["ratio_std"] for e in es],
-                marker="o", capsize=3, label=label)
-    q = [(x, e["d1_median_ratio_mean"], e["d1_median_ratio_std"]) for x, e in zip(xs, es)
-         if e["d1_median_ratio_mean"] is not None]
-    if q:
-      axq.errorbar([a for a, _, _ in q], [b for _, b, _ in q], yerr=[c for _, _, c in q],
-                   marker="o", capsize=3, label=label)
-  for a in (ax, axq):
-    a.set_xlabel(xlabel)
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+  xs_all = {float(p[0]) for panel in panels for pts in panel.series.values() for p in pts}
+  nonzero = [x for x in xs_all if x > 0]
+  zero_at = (min(nonzero) / 2 if nonzero else 1.0) if log_x else 0.0
+  place = lambda x: zero_at if x == 0 else x  # pylint: disable=unnecessary-lambda-assignment
+  for ax, panel in zip(axes[0], panels):
+    for label, pts in panel.series.items():
+      pts = sorted(pts, key=lambda p: p[0])
+      if not pts:
+        continue
+      y = np.array([p[1] for p in pts], np.float64)
+      lo = np.array([p[1] if p[2] is None else p[2] for p in pts], np.float64)
+      hi = np.array([p[1] if p[3] is None else p[3] for p in pts], np.float64)
+      # A mean of equal values can land an ulp outside their min-max.
+      ax.errorbar([place(p[0]) for p in pts], y, yerr=np.maximum(np.stack([y - lo, hi - y]), 0),
+                  marker="o", capsize=3, label=label)
+    if panel.hline is not None:
+      ax.axhline(panel.hline, color="gray", lw=0.8, ls=":")
+    if panel.ylim is not None:
+      ax.set_ylim(*panel.ylim)
     if log_x:
-      a.set_xscale("log", base=2)
-      a.set_xticks(sorted(ticks), [ticks[x] for x in sorted(ticks)])
-      a.minorticks_off()
-    a.legend(fontsize=7)
-  ax.set_ylabel("replicate ratio (d1/d2 < 1/3)")
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_title(f"{title}: memorization (error bars: std over seeds)", fontsize=9)
-  axq.set_ylabel("median d1: samples / held-out reals")
-  axq.axhline(1.0, color="gray", lw=0.8, ls=":")
-  axq.set_title("quality (1 = as far from train set as new real images)", fontsize=9)
+      ax.set_xscale("log", base=2)
+      ticks = sorted(xs_all)
+      ax.set_xticks([place(x) for x in ticks], [f"{x:g}" for x in ticks])
+      ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title, fontsize=9)
+    if panel.series:
+      ax.legend(fontsize=7)
   _save_figure(plt, fig, path, dpi=130)

@@ -40,3 +40,25 @@ def test_figures_are_written(tmp_path):
     assert im.size[0] > 100 and im.size[1] > 100, p
   # 2 replicated + 1 blend + 2 random rows of three panels.
   assert Image.open(paths[0]).size[1] > Image.open(paths[1]).size[1]
+
+
+def test_errorbar_figure_bars_and_the_zero_on_a_log_axis(tmp_path, monkeypatch):
+  seen = {}
+  save = report._save_figure  # pylint: disable=protected-access
+
+  def capture(plt, fig, path, **kw):
+    ax = fig.axes[0]
+    seen["ticks"] = [(t.get_position()[0], t.get_text()) for t in ax.get_xticklabels()]
+    (bars,) = ax.containers
+    seen["bars"] = [seg.tolist() for seg in bars.lines[2][0].get_segments()]
+    save(plt, fig, path, **kw)
+
+  monkeypatch.setattr(report, "_save_figure", capture)
+  panel = report.Panel("t", "ratio", {"gm": [(40, 0.5, 0.2, 0.6), (0, 0.9, 0.9, 1.0)]},
+                       ylim=(0, 1), hline=0.5)
+  report.errorbar_figure([panel, panel._replace(series={})], str(tmp_path / "f.png"),
+                         xlabel="M", log_x=True)
+  # x = 0 sits at half the smallest nonzero x, labelled 0; bars run low..high.
+  assert seen["ticks"] == [(20.0, "0"), (40.0, "40")]
+  assert seen["bars"] == [[[20.0, 0.9], [20.0, 1.0]], [[40.0, 0.2], [40.0, 0.6]]]
+  assert Image.open(tmp_path / "f.png").size[0] > 500

@@ -7,9 +7,14 @@ steps of a tiny model, and only the bookkeeping around them is checked.
 import csv
 import json
 import os
+import signal
+import sys
+import threading
+import time
 
 import pytest
 
+from mem_diffusion import errors
 from mem_diffusion import sweep
 from mem_diffusion import train
 
@@ -61,12 +66,13 @@ def _assert_png(path):
 
 def test_figures_written(swept, tmp_path):
   root, rows = swept
-  _assert_png(os.path.join(root, "dummies.png"))  # baseline at x = 0, then 8 GM
+  # GM with balanced batches: the dummies-fill figure, from the no-dummy run at x = 0.
+  _assert_png(os.path.join(root, "dummies_fill.png"))
   assert not os.path.exists(os.path.join(root, "capacity.png"))  # one size only
   # A second train-set size (same numbers, another name) gives the capacity curve.
   bigger = dict(rows[0], name="toy_capacity_16", num_original=16)
   assert sorted(sweep.write_outputs(rows + [bigger], str(tmp_path))) == [
-      str(tmp_path / "capacity.png"), str(tmp_path / "dummies.png")]
+      str(tmp_path / "capacity.png"), str(tmp_path / "dummies_fill.png")]
   _assert_png(str(tmp_path / "capacity.png"))
 
 
@@ -90,28 +96,6 @@ def test_changed_step_count_resumes_and_reevaluates(swept):
   assert r["train_step"] == 10
   with open(os.path.join(r["workdir"], "train_summary.json")) as f:
     assert json.load(f)["step"] == 10
-
-
-def test_aggregate_and_series():
-  def fake(name, ratio, seed, *, kind="none", m=0, n=16, sampling="uniform"):
-    return {"name": name, "seed": seed, "dataset": "mondrian", "dummy_kind": kind,
-            "num_dummy": m, "num_original": n, "sampling": sampling, "conditional": kind != "none",
-            "replicate_ratio": ratio, "d1_median_ratio": 1.0, "frac_below_heldout_p05": 0.1,
-            "frechet": 2.0, "frechet_heldout_split": 1.0, "kid": 0.1, "kid_heldout_split": 0.01}
-  rows = [fake("a16", 0.9, 0), fake("a16", 0.7, 1), fake("a64", 0.2, 0, n=64),
-          fake("g8u", 0.5, 0, kind="gm", m=8), fake("g32u", 0.1, 0, kind="gm", m=32),
-          fake("g8b", 0.8, 0, kind="gm", m=8, sampling="balanced")]
-  agg = sweep.aggregate(rows)
-  a16 = agg[0]
-  assert a16["ratio_mean"] == pytest.approx(0.8) and a16["ratio_std"] == pytest.approx(0.1)
-  assert a16["seeds"] == [0, 1]
-  cap = sweep.capacity_series(agg)
-  assert [e["num_original"] for e in cap["mondrian"]] == [16, 64]
-  dummies = sweep.dummy_series(agg)
-  assert sorted(dummies) == ["gm, balanced", "gm, uniform"]
-  # Every dummy line starts at the no-dummy run of the same train set.
-  assert [e["name"] for e in dummies["gm, uniform"]] == ["a16", "g8u", "g32u"]
-  assert [e["name"] for e in dummies["gm, balanced"]] == ["a16", "g8b"]
 
 
 def test_override_errors_name_the_key():
@@ -138,10 +122,18 @@ def test_plan_rejects_bad_configs_before_running(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def test_presets_parse():
-  for spec in sweep.PRESETS["toy"]:
-    config = sweep.load_config(spec)
+def test_toy_preset_plans_and_validates(tmp_path):
+  """Needs the data branch (kind=hybrid, batch=, _s<steps> names, minority/majority)."""
+  preset = sweep.PRESETS["toy"]
+  plan = sweep.plan_runs(preset.specs, [0, 1, 2], str(tmp_path), preset.overrides)
+  assert len(plan) == 3 * len(preset.specs)
+  assert len({workdir for *_, workdir in plan}) == len(plan)  # no two runs share a workdir
+  for _, _, config, _ in plan:
     assert config.data.image_size == 8 and config.training.ema_decay < 0.9999
+    assert config.eval.every_steps == 0  # the preset's override
+  steps = {c.name: (c.training.num_steps, c.training.batch_size) for _, _, c, _ in plan}
+  assert sorted(set(steps.values())) == [(1000, 16), (2000, 16), (2000, 32)]
+  assert not os.listdir(tmp_path)
 
 
 def test_split_specs_keeps_config_arguments():
@@ -157,3 +149,70 @@ def test_changed_num_samples_resamples_and_reevaluates(swept):
   assert r["num_samples"] == 8
   with open(os.path.join(r["workdir"], "eval", "report.json")) as f:
     assert json.load(f)["num_samples"] == 8
+
+
+@pytest.mark.slow
+def test_parallel_jobs_run_in_workers_and_resume(tmp_path, monkeypatch):
+  """--jobs=2: one pinned subprocess per run; a rerun starts no worker at all."""
+  root = str(tmp_path)
+  specs = ["configs/toy_capacity.py:n=4,tiny", "configs/toy_capacity.py:n=6,tiny"]
+  rows = sweep.sweep(specs, [0], root, MICRO, jobs=2, compile_cache="none")
+  assert [r["name"] for r in rows] == ["toy_capacity_4", "toy_capacity_6"]
+  with open(os.path.join(root, "summary.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert [r["name"] for r in table] == ["toy_capacity_4", "toy_capacity_6"]
+  assert all(int(r["train_step"]) == 8 and int(r["num_samples"]) == 16 for r in table)
+  for r in table:  # each worker's output went to its run's log
+    with open(os.path.join(r["workdir"], "sweep.log")) as f:
+      assert "== result:" in f.read()
+
+  def no_worker(*args, **kwargs):
+    raise AssertionError("a finished run started a worker")
+
+  monkeypatch.setattr(sweep.subprocess, "Popen", no_worker)
+  again = sweep.sweep(specs, [0], root, MICRO, jobs=2, compile_cache="none")
+  assert [r["replicate_ratio"] for r in again] == [r["replicate_ratio"] for r in rows]
+
+
+def _fake_workers(monkeypatch, script):
+  """Workers that run `script` instead of a training run (the parent's bookkeeping only)."""
+  monkeypatch.setattr(sweep, "_worker_command", lambda *a, **k: [sys.executable, "-c", script])
+
+
+def test_parallel_failures_are_reported_after_the_others(tmp_path, monkeypatch, capsys):
+  _fake_workers(monkeypatch, "print('worker says: disk on fire'); raise SystemExit(3)")
+  specs = ["configs/toy_capacity.py:n=4,tiny", "configs/toy_capacity.py:n=6,tiny",
+           "configs/toy_capacity.py:n=8,tiny"]
+  (tmp_path / "toy_capacity_8").write_text("a file where the run's folder goes")
+  with pytest.raises(errors.RunFailedError, match="3 of 3 runs failed: toy_capacity_4 seed 0, "
+                     "toy_capacity_6 seed 0, toy_capacity_8 seed 0"):
+    sweep.sweep(specs, [0], str(tmp_path), MICRO, jobs=2, compile_cache="none")
+  err = capsys.readouterr().err
+  assert err.count("worker says: disk on fire") == 2  # each failed run's log tail
+  assert "toy_capacity_6 seed 0: FAILED (exit 3)" in err
+  assert "toy_capacity_8 seed 0: FAILED to start" in err
+
+
+def test_parallel_sigterm_stops_the_workers(tmp_path, monkeypatch):
+  # The worker acknowledges SIGTERM in its log, as train.py saves then exits 143.
+  _fake_workers(monkeypatch, "import signal, sys, time\n"
+                "def stop(*_):\n  print('worker: saved', flush=True); sys.exit(143)\n"
+                "signal.signal(signal.SIGTERM, stop)\nprint('worker: up', flush=True)\n"
+                "time.sleep(60)")
+  log = tmp_path / "toy_capacity_4" / "seed0" / "sweep.log"
+
+  def stop_when_up():  # Ctrl-C / SIGTERM to the sweep once its worker runs
+    for _ in range(600):
+      if log.exists() and "worker: up" in log.read_text():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+      time.sleep(0.1)
+
+  watcher = threading.Thread(target=stop_when_up, daemon=True)
+  watcher.start()
+  with pytest.raises(errors.Preempted, match="toy_capacity_4 seed 0") as e:
+    sweep.sweep(["configs/toy_capacity.py:n=4,tiny"], [0], str(tmp_path), MICRO, jobs=2,
+                compile_cache="none")
+  watcher.join()
+  assert e.value.exit_code == 128 + signal.SIGTERM
+  assert log.read_text().splitlines()[-1] == "worker: saved"

@@ -1,7 +1,11 @@
 """The sweep's table columns for the two replicate ratios (no training here)."""
 
+import csv
+import json
+
 import pytest
 
+from mem_diffusion import study
 from mem_diffusion import sweep
 
 
@@ -9,6 +13,13 @@ def _config():
   config = sweep.load_config("configs/toy_capacity.py:16")
   config.seed = 0
   return config
+
+
+def _all_runs_table(agg):
+  """The header, rule and first row of summary.md's table of every run."""
+  lines = study.markdown([agg]).splitlines()
+  start = lines.index("## All runs") + 2
+  return lines[start:start + 3]
 
 
 def test_row_aggregate_and_table_carry_both_ratios():
@@ -21,24 +32,40 @@ def test_row_aggregate_and_table_carry_both_ratios():
   assert set(sweep.COLUMNS) == set(rows[0])
   assert (rows[0]["replicate_ratio"], rows[0]["replicate_ratio_dedup"]) == (0.25, 0.5)
   assert (rows[0]["replicate_dedup_ci_low"], rows[0]["replicate_dedup_ci_high"]) == (0.3, 0.7)
-  (agg,) = sweep.aggregate(rows)
+  (agg,) = study.aggregate(rows)
   assert agg["ratio_mean"] == pytest.approx(0.5) and agg["ratio_std"] == pytest.approx(0.25)
   assert agg["ratios_dedup"] == [0.5, 0.75]
   assert agg["ratio_dedup_mean"] == pytest.approx(0.625)
   assert agg["ratio_dedup_std"] == pytest.approx(0.125)
-  header, _, line = sweep.markdown_table([agg]).splitlines()
+  header, _, line = _all_runs_table(agg)
   cells = [c.strip() for c in line.strip("|").split("|")]
   names = [c.strip() for c in header.strip("|").split("|")]
-  assert cells[names.index("replicate ratio (mean ± std)")] == "0.500 ± 0.250"
-  assert cells[names.index("dedup ratio (mean ± std)")] == "0.625 ± 0.125"
+  assert cells[names.index("replicate ratio")] == "0.500 ± 0.250 (0.250-0.750)"
+  assert cells[names.index("dedup ratio")] == "0.625 ± 0.125 (0.500-0.750)"
 
 
 def test_reports_without_the_dedup_ratio_show_a_dash():
   row = sweep.row("spec", _config(), 0, "/w", {"replicate_ratio": 0.5})
   assert row["replicate_ratio_dedup"] is None and row["replicate_dedup_ci_low"] is None
-  (agg,) = sweep.aggregate([row])
+  (agg,) = study.aggregate([row])
   assert agg["ratio_dedup_mean"] is None
-  header, _, line = sweep.markdown_table([agg]).splitlines()
+  header, _, line = _all_runs_table(agg)
   names = [c.strip() for c in header.strip("|").split("|")]
   assert [c.strip() for c in line.strip("|").split("|")][
-      names.index("dedup ratio (mean ± std)")] == "-"
+      names.index("dedup ratio")] == "-"
+
+
+def test_per_class_ratios_reach_the_row_and_the_csv(tmp_path):
+  report = {"replicate_ratio": 0.5, "replicate_ci95": [0.3, 0.7],
+            "per_class": {"0": {"replicate_ratio": 0.75, "replicate_ci95": [0.5, 0.9]},
+                          "1": {"replicate_ratio": 0.25, "replicate_ci95": [0.1, 0.5]}}}
+  row = sweep.row("spec", _config(), 0, "/w", report)
+  assert row["per_class"] == {"0": {"ratio": 0.75, "ci95": [0.5, 0.9]},
+                              "1": {"ratio": 0.25, "ci95": [0.1, 0.5]}}
+  assert (row["num_steps"], row["batch_size"], row["class_counts"]) == (2000, 16, None)
+  sweep.write_outputs([row], str(tmp_path))
+  with open(tmp_path / "summary.csv") as f:
+    (line,) = csv.DictReader(f)
+  assert json.loads(line["per_class"])["1"]["ratio"] == 0.25
+  assert "| 1 | 0.250 ± 0.000 (0.250-0.250) | s0: 0.25 [0.10, 0.50] |" in (
+      tmp_path / "summary.md").read_text()

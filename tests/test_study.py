@@ -1,0 +1,149 @@
+"""The study's aggregate, groups, figures and tables on synthetic summary rows."""
+
+import pytest
+
+from mem_diffusion import report
+from mem_diffusion import study
+
+
+def fake(name, seed, ratio, *, n=24, kind="none", m=0, sampling="uniform", steps=2000,
+         batch=16, d1=1.5, per_class=None, counts=None, dataset="mondrian"):
+  """A summary row as sweep.row writes it (only the fields the study reads)."""
+  return {"name": name, "seed": seed, "dataset": dataset, "dummy_kind": kind, "num_dummy": m,
+          "num_original": n, "sampling": sampling, "conditional": kind != "none",
+          "num_steps": steps, "batch_size": batch, "class_counts": counts,
+          "replicate_ratio": ratio, "replicate_ci_low": max(ratio - 0.1, 0),
+          "replicate_ci_high": min(ratio + 0.1, 1), "replicate_ratio_dedup": ratio,
+          "d1_median_ratio": d1, "frac_below_heldout_p05": 0.2, "frechet": 2.0,
+          "frechet_heldout_split": 1.0, "kid": 0.1, "kid_heldout_split": 0.01,
+          "per_class": per_class}
+
+
+def three_seeds(name, ratios, **kw):
+  return [fake(name, s, r, d1=1.0 + r, **kw) for s, r in enumerate(ratios)]
+
+
+@pytest.fixture(scope="module")
+def agg():
+  rows = []
+  for n, rs in ((8, (1.0, 0.9, 0.95)), (24, (0.8, 0.6, 0.7)), (36, (0.5, 0.3, 0.4)),
+                (48, (0.2, 0.1, 0.3))):
+    rows += three_seeds(f"cap{n}", rs, n=n)
+  rows += three_seeds("cap8_s1000", (0.6, 0.5, 0.4), n=8, steps=1000)
+  rows += three_seeds("cap24_s1000", (0.1, 0.0, 0.2), n=24, steps=1000)
+  for kind in ("gm", "hybrid"):
+    rows += three_seeds(f"{kind}12", (0.7, 0.6, 0.5), kind=kind, m=12)
+    rows += three_seeds(f"{kind}24", (0.6, 0.5, 0.4), kind=kind, m=24)
+  rows += three_seeds("gm40", (0.3, 0.2, 0.1), kind="gm", m=40)
+  rows += three_seeds("gm40b", (0.7, 0.7, 0.7), kind="gm", m=40, sampling="balanced", batch=32)
+  rows += three_seeds("gm160b", (0.6, 0.5, 0.7), kind="gm", m=160, sampling="balanced", batch=32)
+  pc = lambda a, b: {"0": {"ratio": a, "ci95": [a / 2, a]}, "1": {"ratio": b, "ci95": [0, b]}}
+  rows += [fake("mm", s, 0.4, n=16, dataset="mondrian_classes", counts="16/240",
+                per_class=pc(a, b)) for s, (a, b) in enumerate(((0.7, 0.1), (0.9, 0.0)))]
+  return study.aggregate(rows)
+
+
+def _by_name(agg, name):
+  return next(e for e in agg if e["name"] == name)
+
+
+def test_aggregate_has_mean_std_min_max_and_each_runs_interval(agg):
+  e = _by_name(agg, "cap24")
+  assert e["seeds"] == [0, 1, 2] and e["ratios"] == [0.8, 0.6, 0.7]
+  assert e["ratio_mean"] == pytest.approx(0.7)
+  assert e["ratio_std"] == pytest.approx((0.02 / 3) ** 0.5)
+  assert (e["ratio_min"], e["ratio_max"]) == (0.6, 0.8)
+  assert e["ratio_ci95"][0] == [pytest.approx(0.7), pytest.approx(0.9)]
+  assert e["d1_median_ratio_min"] == pytest.approx(1.6)
+  mm = _by_name(agg, "mm")
+  assert mm["per_class"]["0"]["ratios"] == [0.7, 0.9]
+  assert mm["per_class"]["0"]["ratio_mean"] == pytest.approx(0.8)
+  assert mm["per_class"]["1"]["ratio_max"] == 0.1
+  assert _by_name(agg, "cap24")["per_class"] == {}
+
+
+def _xs(series, label):
+  return [(x, e["name"]) for x, e in series[label]]
+
+
+def test_capacity_lines_per_budget(agg):
+  cap = study.capacity_series(agg)
+  assert sorted(cap) == ["1000 steps", "2000 steps"]  # the two-population run is not one
+  assert _xs(cap, "2000 steps") == [(8, "cap8"), (24, "cap24"), (36, "cap36"), (48, "cap48")]
+  assert _xs(cap, "1000 steps") == [(8, "cap8_s1000"), (24, "cap24_s1000")]
+
+
+def test_seed_figure_lines(agg):
+  seed = study.seed_series(agg)
+  assert sorted(seed) == ["gm", "hybrid", "more mondrian"]
+  # x = 0 is the base run; M = 40 (not 0.5/1/2 x N) and balanced runs stay out.
+  assert _xs(seed, "gm") == [(0, "cap24"), (12, "gm12"), (24, "gm24")]
+  assert _xs(seed, "more mondrian") == [(0, "cap24"), (12, "cap36"), (24, "cap48")]
+
+
+def test_dummies_fill_lines(agg):
+  fill = study.fill_series(agg)
+  assert sorted(fill) == ["balanced (batch 32)", "uniform (batch 16)"]
+  assert _xs(fill, "uniform (batch 16)") == [(0, "cap24"), (12, "gm12"), (24, "gm24"),
+                                             (40, "gm40")]
+  assert _xs(fill, "balanced (batch 32)") == [(0, "cap24"), (40, "gm40b"), (160, "gm160b")]
+
+
+def test_figures_draw_min_max_bars(agg, tmp_path, monkeypatch):
+  drawn = {}
+  save = report._save_figure  # pylint: disable=protected-access
+
+  def capture(plt, fig, path, **kw):
+    ax = fig.axes[0]
+    drawn[path] = {c.get_label(): c for c in ax.containers}
+    drawn[path] = {label: [seg[:, 1].tolist() for seg in c.lines[2][0].get_segments()]
+                   for label, c in drawn[path].items()}
+    save(plt, fig, path, **kw)
+
+  monkeypatch.setattr(report, "_save_figure", capture)
+  paths = study.write_figures(agg, str(tmp_path))
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["capacity.png", "seed_figure.png",
+                                                  "dummies_fill.png"]
+  for p in paths:
+    with open(p, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  bars = drawn[str(tmp_path / "capacity.png")]["2000 steps"]
+  assert bars == [pytest.approx(b) for b in ([0.9, 1.0], [0.6, 0.8], [0.3, 0.5], [0.1, 0.3])]
+  more = drawn[str(tmp_path / "seed_figure.png")]["more mondrian"]
+  assert more == [pytest.approx(b) for b in ([0.6, 0.8], [0.3, 0.5], [0.1, 0.3])]
+
+
+def test_no_figure_without_its_runs(tmp_path):
+  agg = study.aggregate(three_seeds("only", (0.5, 0.5, 0.5)))
+  assert study.write_figures(agg, str(tmp_path)) == []
+  assert "## All runs" in study.markdown(agg) and "## Capacity" not in study.markdown(agg)
+
+
+def test_markdown_tables(agg):
+  md = study.markdown(agg)
+  for title in ("## Capacity", "## The seed's figure", "## Dummies fill", "## Per class",
+                "## All runs"):
+    assert md.count(title) == 1, title
+  cap24 = next(l for l in md.splitlines() if l.startswith("| 2000 steps | 24 |"))
+  assert "0.700 ± 0.082 (0.600-0.800)" in cap24
+  assert "s0: 0.80 [0.70, 0.90]; s1: 0.60 [0.50, 0.70]; s2: 0.70 [0.60, 0.80]" in cap24
+  minority = next(l for l in md.splitlines() if l.startswith("| mm | 16/240 | 0 |"))
+  assert "0.800 ± 0.100 (0.700-0.900)" in minority and "s1: 0.90 [0.45, 0.90]" in minority
+
+
+def test_toy_preset_covers_every_figure():
+  specs = study.PRESETS["toy"].specs
+  assert len(set(specs)) == len(specs)
+  assert specs[0] == "configs/toy_capacity.py:n=24"  # every figure's baseline runs first
+  for n in (8, 16, 24, 36, 48, 72, 120, 240):  # the seed's "more" line needs 24 + M
+    assert f"configs/toy_capacity.py:n={n}" in specs
+  assert sum(s.endswith("steps=1000") for s in specs) == 6
+  assert sum("toy_dummies.py" in s for s in specs) == 15
+  assert "eval.every_steps=0" in study.PRESETS["toy"].overrides
+
+
+def test_one_class_runs_have_no_per_class_table():
+  one = {"0": {"ratio": 0.5, "ci95": [0.4, 0.6]}}
+  agg = study.aggregate([fake("c", 0, 0.5, per_class=one)])
+  assert agg[0]["per_class"]["0"]["ratio_mean"] == 0.5
+  assert "## Per class" not in study.markdown(agg)

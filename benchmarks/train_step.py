@@ -48,6 +48,7 @@ flags.DEFINE_string("reference", "", "A reference timing script (e.g. torch_benc
 flags.DEFINE_string("reference_python", sys.executable, "The Python that runs --reference (one with torch).")
 flags.DEFINE_integer("reference_steps", 3, "Steps the reference times per round.")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul.")
+flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step (training.grad_accum_steps).")
 flags.DEFINE_string("compute_dtype", "", "Override model.compute_dtype (float32 | bfloat16).")
 FLAGS = flags.FLAGS
 
@@ -78,7 +79,7 @@ def main(argv):
   del argv
   config = FLAGS.config
   config.training.batch_size = FLAGS.batch_size
-  config.training.grad_accum_steps = 1
+  config.training.grad_accum_steps = FLAGS.grad_accum_steps
   if FLAGS.compute_dtype:
     config.model.compute_dtype = FLAGS.compute_dtype
   mesh = parallel.data_mesh()
@@ -114,6 +115,7 @@ def main(argv):
   result = {
       "config": config.name,
       "batch_size": FLAGS.batch_size,
+      "grad_accum_steps": FLAGS.grad_accum_steps,
       "compute_dtype": config.model.compute_dtype,
       "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
       "compile_seconds": round(compile_seconds, 2),

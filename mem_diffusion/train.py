@@ -54,16 +54,23 @@ Preempted = errors.Preempted
 
 
 def make_train_step(model, diffusion, tx, sampler, config,
-                    mesh: jax.sharding.Mesh):
+                    mesh: jax.sharding.Mesh, unroll_accum: bool | None = None):
   """The jitted step (state, batch) -> (state, metrics); the state is donated.
 
   The batch arrives sharded over 'data'; params are replicated; XLA inserts
   the gradient all-reduce. With grad_accum_steps = A the batch is split into A
   micro-batches by striding (rows i, i+A, ...), so each device keeps its own
-  rows, and the gradients are averaged over a lax.scan.
+  rows, and the gradients are averaged over a lax.scan (unrolled on CPU).
   """
   conditional = bool(config.model.num_classes)
   accum = config.training.grad_accum_steps
+  # XLA:CPU emits the input-gradient convolutions inside a while loop as
+  # plain loops instead of library calls (measured: a 3x3 conv's gradient
+  # 3-5x slower, the whole UNet step ~30x; docs/benchmarks.md, "Toy run"), so
+  # on CPU the micro-batches are unrolled. Elsewhere the scan keeps only one
+  # micro-batch's activations alive, which is what accumulation is for.
+  if unroll_accum is None:
+    unroll_accum = mesh.devices.flat[0].platform == "cpu"
   decay = config.training.ema_decay
   num_t = diffusion.num_timesteps
   rep = parallel.replicated(mesh)
@@ -106,13 +113,16 @@ def make_train_step(model, diffusion, tx, sampler, config,
                             jax.random.fold_in(dropout_key, i))
         return jax.tree.map(jnp.add, grad_sum, g), l
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      ys = split(y) if conditional else jnp.zeros((accum, 0))
-      if not conditional:
-        ys = None
-      grads, losses = jax.lax.scan(
-          micro, zeros,
-          (jnp.arange(accum), split(x0), ys, split(t), split(weights),
-           split(noise)))
+      inputs = (jnp.arange(accum), split(x0), split(y) if conditional else None,
+                split(t), split(weights), split(noise))
+      if unroll_accum:
+        grads, per_micro = zeros, []
+        for i in range(accum):
+          grads, l = micro(grads, jax.tree.map(lambda a, i=i: a[i], inputs))
+          per_micro.append(l)
+        losses = jax.tree.map(lambda *ls: jnp.stack(ls), *per_micro)
+      else:
+        grads, losses = jax.lax.scan(micro, zeros, inputs)
       grads = jax.tree.map(lambda g: g / accum, grads)
       losses = jax.tree.map(merge, losses)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -15,13 +15,14 @@ config, after the preset's own (mem_diffusion/study.py).
 `--jobs=1` (default) runs one run after another in this process. `--jobs=J`
 runs each in a subprocess of this module (`--worker`), at most J at once, its
 output appended to `<workdir>/sweep.log`; with J <= the CPU count, worker w is
-pinned to core w % count. One toy process keeps only ~1.3 of 2 cores busy
-(33 ms/step); two pinned ones run at ~40 ms/step each, 1.65x the throughput.
+pinned to core w % count. The toy step is compute-bound but too small to
+keep two cores busy: one unpinned process runs at ~32 ms/step, two pinned ones
+at ~44 ms/step each, 1.45x the throughput (docs/benchmarks.md, "Toy run").
 A failed run prints its log's last lines and the others go on; the sweep then
 exits 1 naming it. Ctrl-C / SIGTERM stops the workers, which save (a rerun
 resumes). XLA's CPU results depend on its thread count, which pinning sets:
 a pinned worker and an unpinned main.py run of one config differ in the last
-bits (measured: the same final loss to 6 digits), so J is part of what makes a
+bits (measured: the same final loss to 5 significant digits), so J is part of what makes a
 sweep bit-reproducible.
 
 Outputs in <root>, rewritten after every run so a partial sweep is readable:

@@ -135,10 +135,14 @@ def test_toy_preset_covers_every_figure():
   specs = study.PRESETS["toy"].specs
   assert len(set(specs)) == len(specs)
   assert specs[0] == "configs/toy_capacity.py:n=24"  # every figure's baseline runs first
-  for n in (8, 16, 24, 36, 48, 72, 120, 240):  # the seed's "more" line needs 24 + M
+  for n in (16, 24, 36, 48, 72, 120, 240):  # the seed's "more" line needs 24 + M
     assert f"configs/toy_capacity.py:n={n}" in specs
   assert sum(s.endswith("steps=1000") for s in specs) == 6
-  assert sum("toy_dummies.py" in s for s in specs) == 15
+  assert sum("toy_dummies.py" in s for s in specs) == 12
+  # dummies fill: uniform and balanced GM at about 1x and 16x the capacity
+  for m in (48, 640):
+    assert f"configs/toy_dummies.py:kind=gm,m={m},n=24,sampling=balanced,batch=32" in specs
+  assert "configs/toy_dummies.py:kind=gm,m=640,n=24" in specs
   assert "eval.every_steps=0" in study.PRESETS["toy"].overrides
 
 

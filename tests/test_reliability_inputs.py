@@ -75,7 +75,7 @@ BAD_CONFIGS = [
     ("unknown_key", dict(training__warmup_steps=10), "training.warmup_steps"),
     ("class_counts_mismatch", dict(data__dataset="cifar_classes", data__classes=(1, 2),
                                    data__class_counts=(5,)), "data.class"),
-    ("cars_dummy_with_mondrian", dict(data__dummy_kind="hybrid", data__num_dummy=8),
+    ("cars_dummy_with_mondrian", dict(data__dummy_kind="cars", data__num_dummy=8),
      "data.dummy_kind"),
     ("unknown_dtype", dict(model__compute_dtype="float16"), "model.compute_dtype"),
     # Limits (docs/reliability.md, "Config limits"); the edges are in test_validate.py.

@@ -8,7 +8,9 @@ recipe (`train.build`, UNet-128, class-conditional with 10 classes, global
 batch 128) in float32 and with bfloat16 compute, the forward pass at batch
 128, one ancestral sampling step at a sampling batch, and a bfloat16 matmul
 that stands for the device's attainable peak (MFU = XLA's FLOP count of the
-step per second / that matmul's rate, both measured in this process). With
+step per second / that matmul's rate, both measured in this process; on a
+CPU without native bf16 that matmul is emulated, so the smoke run's MFU can
+exceed 1 and means nothing there). With
 `--reference_dir` naming an improved-diffusion checkout (a folder holding the
 `improved_diffusion` package) and PyTorch importable, it times the PyTorch
 reference built with the same settings on the same device, in a child process

@@ -86,7 +86,12 @@ def test_train_step_rates(smoke, dtype):
   for key in ("compile_seconds", "seconds_per_step", "images_per_second",
               "xla_flops_per_step", "tflops_per_second", "xla_memory_bytes"):
     assert _positive(row[key]), (key, row[key])
-  assert 0 < row["mfu"] <= 1 and 0 < row["model_mfu"] <= 1
+  # No upper bound: the denominator is a timed bf16 matmul, which on a CPU
+  # without native bf16 is emulated and slower than an fp32 conv step (CI
+  # measured MFU 1.22 there). The exact relations below hold on any machine.
+  assert row["mfu"] > 0 and row["model_mfu"] > 0
+  assert row["model_mfu"] / row["mfu"] == pytest.approx(
+      row["model_flops_per_step"] / row["xla_flops_per_step"])
   # XLA's count and 3 x the analytic forward count describe the same step.
   assert 0.8 < row["xla_flops_per_step"] / row["model_flops_per_step"] < 1.25
   assert row["images_per_second"] == pytest.approx(4 / row["seconds_per_step"])
@@ -106,8 +111,11 @@ def test_forward_and_sampling_rates(smoke, dtype):
   assert _positive(fwd["xla_flops"]) and _positive(samp["xla_flops"])
   # The sampling step is the network plus elementwise work on 2x the images.
   assert samp["xla_flops"] > fwd["xla_flops"]
-  for row in (fwd, samp):
-    assert 0 < row["mfu"] <= 1 and 0 < row["model_mfu"] <= 1
+  peak = result["matmul"]["tflops_per_second"]
+  for row in (fwd, samp):  # no upper bound on CPU: see test_train_step_rates
+    assert row["mfu"] > 0 and row["model_mfu"] > 0
+    assert row["mfu"] == pytest.approx(row["tflops_per_second"] / peak)
+    assert row["model_mfu"] / row["mfu"] == pytest.approx(row["model_flops"] / row["xla_flops"])
   assert 0.8 < fwd["xla_flops"] / fwd["model_flops"] < 1.25
 
 

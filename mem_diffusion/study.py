@@ -54,9 +54,9 @@ def _toy_specs() -> tuple[str, ...]:
   docs/results.md). First the base run, then the seed's figure (GM, hybrid and
   geometric dummies at 12/24/48 beside the capacity runs at 24 + M), the rest
   of the capacity curves (the 1000-step budget is half the cost), the
-  minority/majority run, and last the dummies-fill runs (48 and 640 GM
+  minority/majority runs, and last the dummies-fill runs (48 and 640 GM
   dummies, about 1x and 16x the capacity; the balanced ones train at batch
-  32, twice the cost). 25 configs x 3 seeds, about 70 toy-run equivalents:
+  32, twice the cost). 26 configs x 3 seeds, about 73 toy-run equivalents:
   about an hour with --jobs=2 on 2 idle cores (docs/results.md).
   """
   cap = "configs/toy_capacity.py:n={}"
@@ -66,7 +66,10 @@ def _toy_specs() -> tuple[str, ...]:
     specs += [cap.format(24 + m)] + [dummies.format(k, m) for k in ("gm", "hybrid", "geometric")]
   specs += [cap.format(n) for n in (16, 120, 240)]
   specs += [cap.format(n) + ",steps=1000" for n in (4, 8, 16, 24, 48, 96)]
-  specs += ["configs/toy_minority_majority.py"]
+  # 16/240: 256 images, over the capacity as a whole; 8/96: 104 images, in the
+  # switch, where a per-class difference can show (docs/results.md).
+  specs += ["configs/toy_minority_majority.py",
+            "configs/toy_minority_majority.py:minority=8,majority=96"]
   specs += [dummies.format("gm", 640)]  # uniform at 48 is a seed-figure run
   specs += [dummies.format("gm", m) + ",sampling=balanced,batch=32" for m in (48, 640)]
   return tuple(specs)

@@ -62,3 +62,11 @@ def test_errorbar_figure_bars_and_the_zero_on_a_log_axis(tmp_path, monkeypatch):
   assert seen["ticks"] == [(20.0, "0"), (40.0, "40")]
   assert seen["bars"] == [[[20.0, 0.9], [20.0, 1.0]], [[40.0, 0.2], [40.0, 0.6]]]
   assert Image.open(tmp_path / "f.png").size[0] > 500
+
+
+def test_crowded_log_ticks_leave_the_right_label_blank():
+  # 96 -> 120 is 0.32 octaves: 120's label would overprint 96's.
+  xs = [4, 8, 16, 24, 36, 48, 72, 96, 120, 240]
+  labels = report._spaced_log_labels(xs, xs)  # pylint: disable=protected-access
+  assert labels == ["4", "8", "16", "24", "36", "48", "72", "96", "", "240"]
+  assert report._spaced_log_labels([1, 2], [0, 2]) == ["0", "2"]  # pylint: disable=protected-access

@@ -143,6 +143,9 @@ def test_toy_preset_covers_every_figure():
   for m in (48, 640):
     assert f"configs/toy_dummies.py:kind=gm,m={m},n=24,sampling=balanced,batch=32" in specs
   assert "configs/toy_dummies.py:kind=gm,m=640,n=24" in specs
+  # minority/majority over the capacity (256 images) and inside the switch (104)
+  assert "configs/toy_minority_majority.py" in specs
+  assert "configs/toy_minority_majority.py:minority=8,majority=96" in specs
   assert "eval.every_steps=0" in study.PRESETS["toy"].overrides
 
 

@@ -56,8 +56,9 @@ def _toy_specs() -> tuple[str, ...]:
   of the capacity curves (the 1000-step budget is half the cost), the
   minority/majority runs, and last the dummies-fill runs (48 and 640 GM
   dummies, about 1x and 16x the capacity; the balanced ones train at batch
-  32, twice the cost). 26 configs x 3 seeds, about 73 toy-run equivalents:
-  about an hour with --jobs=2 on 2 idle cores (docs/results.md).
+  32, twice the cost). 27 configs x 3 seeds = 81 runs, about 78 toy-run
+  equivalents: about an hour with --jobs=2 on 2 idle cores (measured in
+  docs/results.md).
   """
   cap = "configs/toy_capacity.py:n={}"
   dummies = "configs/toy_dummies.py:kind={},m={},n=24"

@@ -99,6 +99,16 @@ class GroupNorm32(nn.Module):
   Mirrors the reference's GroupNorm32, which upcasts to float32, applies the
   affine transform there and casts back: with bfloat16 compute the statistics
   stay exact. The variance is the two-pass mean((x - mean)^2), as PyTorch.
+
+  The arithmetic is laid out for XLA:CPU: statistics are first summed per
+  channel over H and W (a reduction whose innermost axis is the channel, so
+  it vectorizes), then per group on the tiny (N, C) array; the group mean
+  and the folded scale `rstd * gamma` are broadcast back per channel, and
+  the normalized output is one fused multiply-add, `(x - mean) * a + beta`.
+  Reshaping to (..., 32 groups, C / 32) instead puts the 4 channels of a
+  group innermost and made GroupNorm + SiLU forward and backward 2-3x slower
+  (docs/benchmarks.md, "GroupNorm layout"). Same math; rounding differs in
+  the last bits.
   """
   dtype: Dtype = jnp.float32
 
@@ -110,12 +120,25 @@ class GroupNorm32(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     h = x.astype(jnp.float32)
-    grouped = h.reshape(h.shape[:-1] + (NUM_GROUPS, c // NUM_GROUPS))
-    reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-    mean = jnp.mean(grouped, axis=reduce_axes, keepdims=True)
-    var = jnp.mean(jnp.square(grouped - mean), axis=reduce_axes, keepdims=True)
-    normed = ((grouped - mean) * jax.lax.rsqrt(var + GROUPNORM_EPS)).reshape(h.shape)
-    return (normed * scale + bias).astype(self.dtype)
+    n, per_group = h.shape[0], c // NUM_GROUPS
+    spatial_axes = tuple(range(1, h.ndim - 1))
+    count = per_group
+    for axis in spatial_axes:
+      count *= h.shape[axis]
+
+    def group_mean(channel_sums):
+      """(N, C) per-channel sums -> (N, C) mean of each channel's group."""
+      sums = channel_sums.reshape(n, NUM_GROUPS, per_group).sum(axis=-1)
+      return jnp.repeat(sums / count, per_group, axis=-1)
+
+    def per_sample_channel(v):
+      return v.reshape((n,) + (1,) * len(spatial_axes) + (c,))
+
+    mean = group_mean(jnp.sum(h, axis=spatial_axes))
+    centered = h - per_sample_channel(mean)
+    var = group_mean(jnp.sum(jnp.square(centered), axis=spatial_axes))
+    folded_scale = jax.lax.rsqrt(var + GROUPNORM_EPS) * scale
+    return (centered * per_sample_channel(folded_scale) + bias).astype(self.dtype)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

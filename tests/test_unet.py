@@ -241,3 +241,40 @@ def test_variants_without_conv_resample_or_scale_shift():
   assert params["input_blocks_3_0"]["emb_layers_1"]["kernel"].shape == (128, 64)
   out = jax.eval_shape(model.apply, {"params": params}, x, t)
   assert out.shape == (1, 16, 16, 3) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 32), (3, 8, 6, 64), (2, 5, 5, 128)])
+def test_groupnorm32_matches_a_float64_grouped_reference(shape):
+  """GroupNorm32 sums per channel and folds rstd into the scale (a layout for
+  XLA:CPU); the result must still be PyTorch's GroupNorm: two-pass group
+  statistics over (H, W, C/32), then the per-channel affine. Also the input
+  gradient, which the layout change alters most."""
+  from mem_diffusion.models.layers import GroupNorm32
+  rng = np.random.default_rng(sum(shape))
+  x = (rng.normal(size=shape) * 3 + 1).astype(np.float32)
+  scale = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+  bias = rng.normal(size=shape[-1]).astype(np.float32)
+  cot = rng.normal(size=shape).astype(np.float32)
+  params = {"params": {"scale": scale, "bias": bias}}
+
+  def reference(x64):
+    n, c = x64.shape[0], x64.shape[-1]
+    g = x64.reshape(n, -1, 32, c // 32)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 3), keepdims=True)
+    normed = ((g - mean) / np.sqrt(var + 1e-5)).reshape(x64.shape)
+    return normed * scale.astype(np.float64) + bias.astype(np.float64)
+
+  module = GroupNorm32()
+  y, vjp = jax.vjp(lambda a: module.apply(params, a), jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(y), reference(x.astype(np.float64)), rtol=0, atol=2e-5)
+  # Central differences of <reference(x), cot> in float64, at a few inputs.
+  (dx,) = vjp(jnp.asarray(cot))
+  flat = np.asarray(dx).reshape(-1)
+  for i in rng.choice(flat.size, 5, replace=False):
+    step = np.zeros(x.size)
+    step[i] = 1e-4
+    x64 = x.astype(np.float64).reshape(-1)
+    up = np.sum(reference((x64 + step).reshape(shape)) * cot)
+    down = np.sum(reference((x64 - step).reshape(shape)) * cot)
+    assert abs(flat[i] - (up - down) / 2e-4) < 1e-3 * (1 + abs(flat[i])), i

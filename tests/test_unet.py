@@ -13,6 +13,7 @@ from configs import default
 from mem_diffusion import convert
 from mem_diffusion.models import UNet, unet_from_config
 from mem_diffusion.models.flops import forward_flops
+from mem_diffusion.models.layers import GroupNorm32
 
 GOLDEN = "tests/data/unet_a.npz"
 ZERO_INIT_MODULES = ("out_layers_3", "proj_out", "out_2")
@@ -249,7 +250,6 @@ def test_groupnorm32_matches_a_float64_grouped_reference(shape):
   XLA:CPU); the result must still be PyTorch's GroupNorm: two-pass group
   statistics over (H, W, C/32), then the per-channel affine. Also the input
   gradient, which the layout change alters most."""
-  from mem_diffusion.models.layers import GroupNorm32
   rng = np.random.default_rng(sum(shape))
   x = (rng.normal(size=shape) * 3 + 1).astype(np.float32)
   scale = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)

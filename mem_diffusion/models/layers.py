@@ -122,9 +122,7 @@ class GroupNorm32(nn.Module):
     h = x.astype(jnp.float32)
     n, per_group = h.shape[0], c // NUM_GROUPS
     spatial_axes = tuple(range(1, h.ndim - 1))
-    count = per_group
-    for axis in spatial_axes:
-      count *= h.shape[axis]
+    count = per_group * math.prod(h.shape[axis] for axis in spatial_axes)
 
     def group_mean(channel_sums):
       """(N, C) per-channel sums -> (N, C) mean of each channel's group."""

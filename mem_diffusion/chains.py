@@ -128,7 +128,8 @@ def main(argv):
 
   def run():
     chains = parse_chains(FLAGS.chains)
-    runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache)
+    runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache,
+                  config=config)
     return compare(config, workdir, chains)
 
   rows = cli.call(run)

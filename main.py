@@ -39,8 +39,7 @@ def main(argv):
   from mem_diffusion import parallel, stages  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   def run():
-    runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache,
-                  config=config)
+    runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, auto=FLAGS.multihost)
     stages_to_run = stages.STAGES if FLAGS.mode == "all" else (FLAGS.mode,)

@@ -20,9 +20,7 @@ this process has cores, and the ratio ours / reference is reported.
 The last line printed is JSON: images_per_second, gflops_per_second,
 matmul_gflops_per_second, fraction_of_matmul, compile_seconds, and with a
 reference reference_images_per_second and ratio_to_reference, plus the
-XLA_FLAGS in effect (the package adds its CPU defaults: mem_diffusion/cpu_flags.py)
-and whether the config's host malloc settings are on (mem_diffusion/host_malloc.py;
-the reference runs with glibc's defaults unless --reference_malloc=same).
+XLA_FLAGS in effect (the package adds its CPU defaults: mem_diffusion/cpu_flags.py).
 """
 
 import json
@@ -39,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
-from mem_diffusion import host_malloc, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from matmul_rate import matmul_gflops  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
@@ -49,9 +47,6 @@ flags.DEFINE_integer("rounds", 3, "Rounds of (train steps, matmul, reference); t
 flags.DEFINE_string("reference", "", "A reference timing script (e.g. torch_bench.py) run each round.")
 flags.DEFINE_string("reference_python", sys.executable, "The Python that runs --reference (one with torch).")
 flags.DEFINE_integer("reference_steps", 3, "Steps the reference times per round.")
-flags.DEFINE_enum("reference_malloc", "default", ["default", "same"],
-                  "'same': run the reference with the glibc malloc settings this process "
-                  "uses (mem_diffusion/host_malloc.py), through glibc's environment variables.")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul.")
 flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step (training.grad_accum_steps).")
 flags.DEFINE_string("compute_dtype", "", "Override model.compute_dtype (float32 | bfloat16).")
@@ -65,20 +60,13 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-# glibc's environment spelling of host_malloc.SETTINGS, read at the child's start.
-REFERENCE_SAME_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**64 - 1),
-                         "MALLOC_ARENA_MAX": "1"}
-
-
 def _reference_images_per_second() -> float:
   """One run of the reference script; its JSON line's images_per_second."""
   threads = str(len(os.sched_getaffinity(0)))
   cmd = [FLAGS.reference_python, FLAGS.reference, "--device", "cpu",
          "--batch", str(FLAGS.batch_size), "--steps", str(FLAGS.reference_steps)]
-  env = {**os.environ, "THREADS": threads}
-  if FLAGS.reference_malloc == "same" and host_malloc.applied():
-    env.update(REFERENCE_SAME_MALLOC)
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                       env={**os.environ, "THREADS": threads})
   if out.returncode != 0:
     raise SystemExit(f"reference failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
   for line in reversed(out.stdout.splitlines()):
@@ -94,8 +82,6 @@ def main(argv):
   config.training.grad_accum_steps = FLAGS.grad_accum_steps
   if FLAGS.compute_dtype:
     config.model.compute_dtype = FLAGS.compute_dtype
-  # As main.py would for this config: before JAX starts its threads.
-  host_malloc.apply_for(config)
   mesh = parallel.data_mesh()
   step_fn = train.build(config, mesh)[-1]
   train_state = state.initial_state(config, mesh)
@@ -142,13 +128,10 @@ def main(argv):
       "rounds": FLAGS.rounds,
       "steps_per_round": FLAGS.steps,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "host_malloc": host_malloc.applied(),
   }
   if ref:
     result["reference_images_per_second"] = round(ref, 3)
     result["ratio_to_reference"] = round(FLAGS.batch_size / seconds / ref, 3)
-    result["reference_malloc"] = ("same" if FLAGS.reference_malloc == "same"
-                                  and host_malloc.applied() else "default")
   print(f"compile {compile_seconds:.1f} s; {seconds:.3f} s/step; "
         f"{result['images_per_second']} images/s; {gflops:.1f} GFLOP/s "
         f"({result['fraction_of_matmul']:.0%} of a {mm:.1f} GFLOP/s matmul)"

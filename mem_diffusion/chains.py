@@ -128,8 +128,7 @@ def main(argv):
 
   def run():
     chains = parse_chains(FLAGS.chains)
-    runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache,
-                  config=config)
+    runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache)
     return compare(config, workdir, chains)
 
   rows = cli.call(run)

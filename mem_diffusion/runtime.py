@@ -1,10 +1,7 @@
-"""Process set-up shared by every entry point: malloc, quiet logs, compile cache.
+"""Process set-up shared by every entry point: quiet logs and the compile cache.
 
 Called once, after flag parsing and before the first JAX computation, by
-main.py, the sweep and the CLIs. Three reasons it is one module:
-
-- Large CPU runs need glibc malloc settings that must be in place before
-  JAX starts its threads (mem_diffusion/host_malloc.py); the config decides.
+main.py, the sweep and the CLIs. Two reasons it is one module:
 
 - A run should speak plainly. orbax, absl and JAX log dozens of INFO lines
   (checkpoint handler registries, read throughput, "Unable to initialize
@@ -22,8 +19,6 @@ import logging as std_logging
 import os
 
 from absl import logging
-
-from mem_diffusion import host_malloc
 
 # Where compiled programs are kept unless a flag or JAX_COMPILATION_CACHE_DIR
 # says otherwise: per user, shared by all runs (a program is keyed by its HLO,
@@ -97,15 +92,8 @@ def enable_compile_cache(directory: str | None) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def setup(*, verbose: bool = False, compile_cache: str = "",
-          config=None) -> str | None:
-  """All of the above; returns the cache directory in use (None: off).
-
-  With a `config`, first the host malloc settings that config wants.
-  """
-  if config is not None and host_malloc.apply_for(config):
-    logging.info("large CPU run: glibc malloc keeps its memory "
-                 "(mem_diffusion/host_malloc.py)")
+def setup(*, verbose: bool = False, compile_cache: str = "") -> str | None:
+  """Both of the above; returns the cache directory in use (None: off)."""
   set_verbosity(verbose)
   directory = resolve_compile_cache(compile_cache)
   enable_compile_cache(directory)

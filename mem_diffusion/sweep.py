@@ -219,8 +219,7 @@ def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
   if jobs > 1:
     return _sweep_parallel(plan, root, overrides, jobs, _cache_dir(compile_cache, root), verbose)
   from mem_diffusion import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
-  runtime.setup(verbose=verbose, compile_cache=_cache_dir(compile_cache, root),
-                config=plan[0][2] if plan else None)
+  runtime.setup(verbose=verbose, compile_cache=_cache_dir(compile_cache, root))
   rows = []
   for i, (spec, seed, config, workdir) in enumerate(plan):
     print(f"[{i + 1}/{len(plan)}] {config.name} seed {seed} -> {workdir}", flush=True)
@@ -363,7 +362,7 @@ def _worker(spec: str, seed: int, root: str, overrides: Sequence[str], *, cpu: i
     os.sched_setaffinity(0, {cpu})
   from mem_diffusion import stages  # pylint: disable=g-import-not-at-top  # after pinning: XLA sizes its threads then
   ((_, _, config, workdir),) = plan_runs([spec], [seed], root, overrides)
-  runtime.setup(verbose=verbose, compile_cache=compile_cache, config=config)
+  runtime.setup(verbose=verbose, compile_cache=compile_cache)
   print(f"{config.name} seed {seed}: train, sample, eval in {workdir}"
         + (f" (cpu {cpu})" if cpu >= 0 else ""), flush=True)
   stages.run(config, workdir, validate=False, summary=stages.print_summary)

@@ -20,7 +20,9 @@ this process has cores, and the ratio ours / reference is reported.
 The last line printed is JSON: images_per_second, gflops_per_second,
 matmul_gflops_per_second, fraction_of_matmul, compile_seconds, and with a
 reference reference_images_per_second and ratio_to_reference, plus the
-XLA_FLAGS in effect (the package adds its CPU defaults: mem_diffusion/cpu_flags.py).
+XLA_FLAGS in effect (the package adds its CPU defaults: mem_diffusion/cpu_flags.py)
+and the number of micro-batches a step runs as (on CPU the project splits
+large steps: mem_diffusion/micro_batches.py).
 """
 
 import json
@@ -37,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
-from mem_diffusion import parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import micro_batches, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from matmul_rate import matmul_gflops  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
@@ -116,6 +118,7 @@ def main(argv):
       "config": config.name,
       "batch_size": FLAGS.batch_size,
       "grad_accum_steps": FLAGS.grad_accum_steps,
+      "micro_batches": micro_batches.execution_accum_steps(config, mesh),
       "compute_dtype": config.model.compute_dtype,
       "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
       "compile_seconds": round(compile_seconds, 2),

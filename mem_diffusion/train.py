@@ -36,6 +36,7 @@ from mem_diffusion import data
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import metrics as metrics_lib
+from mem_diffusion import micro_batches
 from mem_diffusion import over_training
 from mem_diffusion import parallel
 from mem_diffusion import progress as progress_lib
@@ -54,26 +55,30 @@ Preempted = errors.Preempted
 
 
 def make_train_step(model, diffusion, tx, sampler, config,
-                    mesh: jax.sharding.Mesh, unroll_accum: bool | None = None):
-  """The jitted step (state, batch) -> (state, metrics); the state is donated.
+                    mesh: jax.sharding.Mesh, host_accum: bool | None = None,
+                    accum: int | None = None):
+  """The step (state, batch) -> (state, metrics); the state is donated.
 
   The batch arrives sharded over 'data'; params are replicated; XLA inserts
-  the gradient all-reduce. With grad_accum_steps = A the batch is split into A
-  micro-batches by striding (rows i, i+A, ...), so each device keeps its own
-  rows, and the gradients are averaged over a lax.scan (unrolled on CPU).
+  the gradient all-reduce. With A micro-batches (`accum`; by default
+  micro_batches.execution_accum_steps) the batch is split by striding (rows
+  i, i+A, ...), so each device keeps its own rows, and the gradients are
+  averaged. t and noise are drawn for the whole batch before the split, so
+  the split changes only the order of float sums and the dropout masks
+  (drawn per micro-batch). On accelerators the micro-batches run in a
+  lax.scan inside one jit, which keeps one micro-batch's activations alive;
+  on CPU (`host_accum`, the default there) as separate jitted calls, for the
+  reasons in mem_diffusion/micro_batches.py.
   """
   conditional = bool(config.model.num_classes)
-  accum = config.training.grad_accum_steps
-  # XLA:CPU emits the input-gradient convolutions inside a while loop as
-  # plain loops instead of library calls (measured: a 3x3 conv's gradient
-  # 3-5x slower, the whole UNet step ~30x; docs/benchmarks.md, "Toy run"), so
-  # on CPU the micro-batches are unrolled. Elsewhere the scan keeps only one
-  # micro-batch's activations alive, which is what accumulation is for.
-  if unroll_accum is None:
-    unroll_accum = mesh.devices.flat[0].platform == "cpu"
+  if accum is None:
+    accum = micro_batches.execution_accum_steps(config, mesh)
+  if host_accum is None:
+    host_accum = mesh.devices.flat[0].platform == "cpu"
   decay = config.training.ema_decay
   num_t = diffusion.num_timesteps
   rep = parallel.replicated(mesh)
+  batch_sharding = parallel.batch_sharded(mesh)
   micro_spec = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
 
@@ -93,7 +98,9 @@ def make_train_step(model, diffusion, tx, sampler, config,
   def merge(x):  # inverse of split
     return x.swapaxes(0, 1).reshape((-1,) + x.shape[2:])
 
-  def step(state: state_lib.TrainState, batch):
+  def inputs(state: state_lib.TrainState, batch):
+    """Everything a step draws, for the whole batch: (x0, y, t, weights,
+    noise, dropout_key) and the unpacked sampler state."""
     x0 = batch["image"].astype(jnp.float32)
     y = batch["label"].astype(jnp.int32) if conditional else None
     key = jax.random.fold_in(state.rng, state.step)
@@ -103,28 +110,15 @@ def make_train_step(model, diffusion, tx, sampler, config,
     noise = jax.random.normal(jax.random.fold_in(key, _NOISE_TAG), x0.shape,
                               jnp.float32)
     dropout_key = jax.random.fold_in(key, _DROPOUT_TAG)
-    if accum == 1:
-      (_, losses), grads = grad_fn(state.params, x0, y, t, weights, noise,
-                                   dropout_key)
-    else:
-      def micro(grad_sum, inputs):
-        i, mx, my, mt, mw, mn = inputs
-        (_, l), g = grad_fn(state.params, mx, my, mt, mw, mn,
-                            jax.random.fold_in(dropout_key, i))
-        return jax.tree.map(jnp.add, grad_sum, g), l
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      inputs = (jnp.arange(accum), split(x0), split(y) if conditional else None,
-                split(t), split(weights), split(noise))
-      if unroll_accum:
-        grads, per_micro = zeros, []
-        for i in range(accum):
-          grads, l = micro(grads, jax.tree.map(lambda a, i=i: a[i], inputs))
-          per_micro.append(l)
-        losses = jax.tree.map(lambda *ls: jnp.stack(ls), *per_micro)
-      else:
-        grads, losses = jax.lax.scan(micro, zeros, inputs)
-      grads = jax.tree.map(lambda g: g / accum, grads)
-      losses = jax.tree.map(merge, losses)
+    return (x0, y, t, weights, noise, dropout_key), sampler_state
+
+  def micro_inputs(drawn, i):
+    """Micro-batch i's slice of `drawn` (i may be traced)."""
+    *arrays, dropout_key = drawn
+    return (*[None if a is None else split(a)[i] for a in arrays],
+            jax.random.fold_in(dropout_key, i))
+
+  def finish(state, grads, losses, t, weights, sampler_state):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, 1.0 - decay)
@@ -138,7 +132,25 @@ def make_train_step(model, diffusion, tx, sampler, config,
                               sampler_state=sampler_state)
     return new_state, stats
 
-  batch_sharding = parallel.batch_sharded(mesh)
+  if accum > 1 and host_accum:
+    return micro_batches.host_accumulated_step(
+        grad_fn, inputs, micro_inputs, finish, merge, accum, rep, batch_sharding)
+
+  def step(state: state_lib.TrainState, batch):
+    drawn, sampler_state = inputs(state, batch)
+    t, weights = drawn[2], drawn[3]
+    if accum == 1:
+      (_, losses), grads = grad_fn(state.params, *drawn)
+    else:
+      def micro(grad_sum, i):
+        (_, l), g = grad_fn(state.params, *micro_inputs(drawn, i))
+        return jax.tree.map(jnp.add, grad_sum, g), l
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      grads, losses = jax.lax.scan(micro, zeros, jnp.arange(accum))
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      losses = jax.tree.map(merge, losses)
+    return finish(state, grads, losses, t, weights, sampler_state)
+
   return jax.jit(step, in_shardings=(rep, batch_sharding),
                  out_shardings=(rep, rep), donate_argnums=0)
 

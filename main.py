@@ -8,6 +8,12 @@ failed (corrupt checkpoint, divergence, full disk); 128+signal preempted
 --coordinator_address/--num_processes/--process_id.
 """
 
+from mem_diffusion import huge_pages
+
+if __name__ == "__main__":  # first, before anything allocates: a process-start setting
+  huge_pages.reexec_with_huge_pages()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from ml_collections import config_flags

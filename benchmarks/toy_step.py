@@ -135,4 +135,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.reexec_with_huge_pages()  # as main.py does
   app.run(main)

@@ -20,7 +20,9 @@ this process has cores, and the ratio ours / reference is reported.
 The last line printed is JSON: images_per_second, gflops_per_second,
 matmul_gflops_per_second, fraction_of_matmul, compile_seconds, and with a
 reference reference_images_per_second and ratio_to_reference, plus the
-XLA_FLAGS in effect (the package adds its CPU defaults: mem_diffusion/cpu_flags.py)
+XLA_FLAGS and GLIBC_TUNABLES in effect (the package adds its CPU defaults:
+mem_diffusion/cpu_flags.py, mem_diffusion/huge_pages.py; the reference gets
+the same GLIBC_TUNABLES unless --noreference_huge_pages)
 and the number of micro-batches a step runs as (on CPU the project splits
 large steps: mem_diffusion/micro_batches.py).
 """
@@ -39,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
-from mem_diffusion import micro_batches, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import huge_pages, micro_batches, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from matmul_rate import matmul_gflops  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
@@ -49,6 +51,9 @@ flags.DEFINE_integer("rounds", 3, "Rounds of (train steps, matmul, reference); t
 flags.DEFINE_string("reference", "", "A reference timing script (e.g. torch_bench.py) run each round.")
 flags.DEFINE_string("reference_python", sys.executable, "The Python that runs --reference (one with torch).")
 flags.DEFINE_integer("reference_steps", 3, "Steps the reference times per round.")
+flags.DEFINE_bool("reference_huge_pages", True, "Give the reference this process's GLIBC_TUNABLES "
+                  "(with the huge-page malloc the entry points set: mem_diffusion/huge_pages.py); "
+                  "False runs it with glibc's defaults, as a plain torch user would.")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul.")
 flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step (training.grad_accum_steps).")
 flags.DEFINE_string("compute_dtype", "", "Override model.compute_dtype (float32 | bfloat16).")
@@ -62,13 +67,20 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+def _reference_env(threads: str) -> dict[str, str]:
+  env = {**os.environ, "THREADS": threads}
+  if not FLAGS.reference_huge_pages:
+    env.pop("GLIBC_TUNABLES", None)
+  return env
+
+
 def _reference_images_per_second() -> float:
   """One run of the reference script; its JSON line's images_per_second."""
   threads = str(len(os.sched_getaffinity(0)))
   cmd = [FLAGS.reference_python, FLAGS.reference, "--device", "cpu",
          "--batch", str(FLAGS.batch_size), "--steps", str(FLAGS.reference_steps)]
   out = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                       env={**os.environ, "THREADS": threads})
+                       env=_reference_env(threads))
   if out.returncode != 0:
     raise SystemExit(f"reference failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
   for line in reversed(out.stdout.splitlines()):
@@ -131,9 +143,11 @@ def main(argv):
       "rounds": FLAGS.rounds,
       "steps_per_round": FLAGS.steps,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
   }
   if ref:
     result["reference_images_per_second"] = round(ref, 3)
+    result["reference_glibc_tunables"] = _reference_env("").get("GLIBC_TUNABLES", "")
     result["ratio_to_reference"] = round(FLAGS.batch_size / seconds / ref, 3)
   print(f"compile {compile_seconds:.1f} s; {seconds:.3f} s/step; "
         f"{result['images_per_second']} images/s; {gflops:.1f} GFLOP/s "
@@ -143,4 +157,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.reexec_with_huge_pages()  # as main.py does
   app.run(main)

@@ -392,5 +392,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.reexec_with_huge_pages()
   _define_flags()
   app.run(main)

@@ -312,9 +312,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
     origin = (f"resumed at step {start} from {ckpt_dir}" if restored is not None
               else "starting at step 0")
+    accum = getattr(train_step, "accum", tcfg.grad_accum_steps)
+    split_text = (f" as {accum} micro-batches of {tcfg.batch_size // accum}"
+                  if accum > 1 else "")
     progress.say(f"{origin}; training to step {num_steps}, {tcfg.batch_size} "
-                 f"images per step on {progress_lib.devices_text(mesh.devices.size)} (the first "
-                 "step compiles)")
+                 f"images per step{split_text} on "
+                 f"{progress_lib.devices_text(mesh.devices.size)} (the first step compiles)")
     grid_fn = sampling.preview_sampler(config, mesh) if tcfg.sample_grid_every else None
     watcher = _over_training_watcher(config, workdir, mesh, train_set, start)
     grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state_lib.GRID)

@@ -156,4 +156,5 @@ def test_grad_accumulation_sample_grid_and_progress_lines(tmp_path, capsys):
   steps = [l for l in lines if l.startswith("train  step ")]
   assert [l.split()[2] for l in steps] == ["1/4", "2/4", "3/4", "4/4"], lines
   assert "images/s  ETA" in steps[1] and "took" in steps[-1]
+  assert any("8 images per step as 2 micro-batches of 4 on 4 " in l for l in lines), lines
   assert not any("grad_norm" in l for l in lines)

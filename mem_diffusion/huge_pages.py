@@ -80,9 +80,12 @@ def reexec_with_huge_pages(argv: Sequence[str] | None = None) -> None:
   or returns at once. `argv` defaults to the interpreter's own command line."""
   env = environment_with_huge_pages(os.environ, platform=sys.platform,
                                     glibc=glibc_version(), mode=thp_mode())
-  if env is None:
+  if env is None or not sys.executable:
     return
   args = list(argv) if argv is not None else list(sys.orig_argv)
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable] + args[1:], env)
+  try:
+    os.execve(sys.executable, [sys.executable] + args[1:], env)
+  except OSError:  # e.g. an interpreter path that no longer exists: run as started
+    return

@@ -24,7 +24,6 @@ import signal
 import time
 from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -42,6 +41,7 @@ from mem_diffusion import parallel
 from mem_diffusion import progress as progress_lib
 from mem_diffusion import report
 from mem_diffusion import sampling
+from mem_diffusion import signals as signals_lib
 from mem_diffusion import state as state_lib
 from mem_diffusion import validate
 from mem_diffusion.workdir import Workdir
@@ -173,33 +173,6 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
                                  parts.sampler, config, mesh)
     _BUILD_CACHE[key] = (*parts, train_step)
   return _BUILD_CACHE[key]
-
-
-class _SignalCatcher:
-  """Records SIGTERM/SIGINT instead of dying, so the loop can save first."""
-
-  def __init__(self):
-    self.signum: int | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    for s in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[s] = signal.signal(s, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None:  # a second signal: give up at once
-      raise KeyboardInterrupt
-    self.signum = signum
-    logging.warning("signal %d received: saving at the end of this step", signum)
-
-  def __exit__(self, *exc):
-    for s, h in self._previous.items():
-      signal.signal(s, h)
 
 
 def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
@@ -350,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         last_loss = means["loss"]
       return means
 
-    with _SignalCatcher() as signals, progress:
+    with signals_lib.SignalCatcher() as signals, progress:
       for batch in dataset:
         if step >= num_steps:
           break

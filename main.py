@@ -18,8 +18,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mem_diffusion import cli
-from mem_diffusion import runtime
+from mem_diffusion.run import cli
+from mem_diffusion.run import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
@@ -42,7 +42,7 @@ def main(argv):
   workdir = FLAGS.workdir or cli.default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   # JAX (and with it the distributed runtime) starts only after the flags
   # parsed; TensorFlow only once the cheap checks passed (stages.run).
-  from mem_diffusion import parallel, stages  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion.run import parallel, stages  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   def run():
     runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache)

@@ -37,7 +37,7 @@ def write_params(path: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import convert  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.port import convert  # pylint: disable=g-import-not-at-top
   from mem_diffusion.models.unet import unet_from_config  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   model = unet_from_config(config.model, config.data.image_size)

@@ -64,7 +64,8 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
 from configs import default  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from mem_diffusion import parallel, validate  # pylint: disable=g-import-not-at-top
+from mem_diffusion.run import parallel  # pylint: disable=g-import-not-at-top
+from mem_diffusion import validate  # pylint: disable=g-import-not-at-top
 from mem_diffusion.diffusion import samplers  # pylint: disable=g-import-not-at-top
 from mem_diffusion.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
 from timing import best_seconds  # pylint: disable=g-import-not-at-top  # benchmarks/ is sys.path[0]
@@ -109,11 +110,11 @@ def check_config(smoke: bool):
 def train_api(config, mesh):
   """(model, diffusion, jitted train step, () -> step-0 state).
 
-  The only use of mem_diffusion.train, so that the train module's API can move
+  The only use of mem_diffusion.run.train, so that the train module's API can move
   without touching the rest of this script.
   """
-  from mem_diffusion import state as state_lib  # pylint: disable=g-import-not-at-top
-  from mem_diffusion import train  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import state as state_lib  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import train  # pylint: disable=g-import-not-at-top
   model, diffusion, _, _, _, train_step = train.build(config, mesh)
   return model, diffusion, train_step, lambda: state_lib.initial_state(config, mesh)
 

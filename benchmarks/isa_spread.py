@@ -24,8 +24,10 @@ import jax
 import numpy as np
 
 from configs import toy_capacity
-from mem_diffusion import data, parallel, replicates, sampling, train
-from mem_diffusion import state as state_lib
+from mem_diffusion import data
+from mem_diffusion.run import parallel, sampling, train
+from mem_diffusion.analysis import replicates
+from mem_diffusion.run import state as state_lib
 
 
 def _config(num_images: int, steps: int, seed: int):

@@ -18,7 +18,7 @@ def matmul_gflops(n: int = 2048, mesh=None, repeats: int = 5) -> float:
   d = 1 if mesh is None else mesh.devices.size
   a = jax.random.normal(jax.random.PRNGKey(0), (d, n, n), jnp.float32)
   if mesh is not None:
-    from mem_diffusion import parallel  # pylint: disable=g-import-not-at-top
+    from mem_diffusion.run import parallel  # pylint: disable=g-import-not-at-top
     a = jax.device_put(a, parallel.batch_sharded(mesh))
   f = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x,
                                    precision=jax.lax.Precision.HIGHEST))

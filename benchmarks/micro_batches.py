@@ -6,7 +6,7 @@ Every split is compiled first; then each round times `--steps` steps of each
 split in turn, so a busy minute slows all of them. Reported: the best round's
 images/s per split and the minor page faults per step (getrusage). This is
 the measurement behind CPU_MICRO_BATCH_ELEMENTS in
-mem_diffusion/micro_batches.py; the splits run exactly as the project runs
+mem_diffusion/run/micro_batches.py; the splits run exactly as the project runs
 them on CPU (separately jitted micro-batch calls and one update).
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mem_diffusion import huge_pages, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion.run import parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mem_diffusion import replicates
-from mem_diffusion import synthetic
+from mem_diffusion.analysis import replicates
+from mem_diffusion.analysis import synthetic
 
 
 def brute_force_two(samples: np.ndarray, train: np.ndarray, chunk: int = 512):

@@ -30,7 +30,8 @@ import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax.numpy as jnp
 import numpy as np
 
-from mem_diffusion import config_loading, data, parallel, state as state_lib, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import config_loading, data  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion.run import parallel, state as state_lib, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 flags.DEFINE_enum("mode", "loop", ["loop", "alone", "scan", "conv"], "What to time.")
 flags.DEFINE_string("config", "configs/quickstart.py", "Config spec (file[:arg]).")

@@ -24,7 +24,7 @@ XLA_FLAGS and GLIBC_TUNABLES in effect (the package adds its CPU defaults:
 mem_diffusion/cpu_flags.py, mem_diffusion/huge_pages.py; the reference gets
 the same GLIBC_TUNABLES unless --noreference_huge_pages)
 and the number of micro-batches a step runs as (on CPU the project splits
-large steps: mem_diffusion/micro_batches.py).
+large steps: mem_diffusion/run/micro_batches.py).
 """
 
 import json
@@ -41,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
-from mem_diffusion import huge_pages, micro_batches, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion.run import micro_batches, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from matmul_rate import matmul_gflops  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")

@@ -101,7 +101,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # never merges.
   evaluation.dup_rms = 2.0
   evaluation.num_heldout = 1000  # real images of the original class for the quality figure
-  # Memorization over training (mem_diffusion/over_training.py): every this many
+  # Memorization over training (mem_diffusion/run/over_training.py): every this many
   # steps, sample every_num_samples images from the EMA params with the respaced
   # ancestral chain every_respacing and score them; 0 = off. 20 points of 256
   # samples x 250 steps cost ~3% of the 100k-step run's forward passes. Not DDIM:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mem_diffusion import capacity
+from mem_diffusion.experiments import capacity
 from mem_diffusion import errors
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mem_diffusion import chains
+from mem_diffusion.experiments import chains
 from mem_diffusion import errors
 from mem_diffusion.config_loading import apply_override, load_config
 
@@ -46,7 +46,7 @@ def test_two_chains_score_the_same_params(tmp_path, monkeypatch):
     chains.compare(config, workdir, ["50"])
 
   # A rerun reuses every finished piece.
-  from mem_diffusion import sampling, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion.run import sampling, train  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   def refuse(*args, **kwargs):
     raise AssertionError("a finished chain was redone")

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import checkpoint, errors, metrics, parallel, train
+from mem_diffusion.run import checkpoint, metrics, parallel, train
+from mem_diffusion import errors
 import disk_helpers
 import train_helpers as th
 

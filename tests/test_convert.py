@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mem_diffusion import convert
+from mem_diffusion.port import convert
 
 GOLDEN = "tests/data/unet_a.npz"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -31,7 +31,10 @@ import jax
 import numpy as np
 import pytest
 
-from mem_diffusion import convert, errors, files, npz_io, parallel, replicates, sampling
+from mem_diffusion.port import convert
+from mem_diffusion import errors, files, npz_io
+from mem_diffusion.run import parallel, sampling
+from mem_diffusion.analysis import replicates
 import disk_helpers
 import train_helpers as th
 

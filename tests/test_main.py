@@ -53,7 +53,7 @@ def test_missing_cifar_is_the_data_error_before_any_compute(tmp_path):
     ("configs/toy_dummies.py:kind=gm,m=64", "runs/toy_dummies_kind-gm_m-64"),
 ])
 def test_default_workdir_names_each_config_variant(spec, expected):
-  from mem_diffusion import cli  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import cli  # pylint: disable=g-import-not-at-top
   assert cli.default_workdir(spec) == expected
 
 

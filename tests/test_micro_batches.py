@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from mem_diffusion import cpu_flags
-from mem_diffusion import metrics
-from mem_diffusion import micro_batches
-from mem_diffusion import parallel
-from mem_diffusion import state as state_lib
-from mem_diffusion import train
+from mem_diffusion.run import metrics
+from mem_diffusion.run import micro_batches
+from mem_diffusion.run import parallel
+from mem_diffusion.run import state as state_lib
+from mem_diffusion.run import train
 import train_helpers as th
 
 

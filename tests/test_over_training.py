@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from mem_diffusion import over_training
-from mem_diffusion import stages
-from mem_diffusion.workdir import Workdir
+from mem_diffusion.run import over_training
+from mem_diffusion.run import stages
+from mem_diffusion.run.workdir import Workdir
 import train_helpers as th
 
 

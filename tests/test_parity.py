@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import convert
-from mem_diffusion import parity
+from mem_diffusion.port import convert
+from mem_diffusion.port import parity
 
 REFERENCE_FILES = sorted(glob.glob("tests/data/*.npz"))
 

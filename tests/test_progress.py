@@ -3,7 +3,7 @@
 import io
 import re
 
-from mem_diffusion import progress
+from mem_diffusion.run import progress
 
 
 class _Clock:

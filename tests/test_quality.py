@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mem_diffusion import quality
-from mem_diffusion import synthetic
+from mem_diffusion.analysis import quality
+from mem_diffusion.analysis import synthetic
 
 
 def _blur(x):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import checkpoint, parallel, train, workdir_lock
+from mem_diffusion.run import checkpoint, parallel, train, workdir_lock
 import train_helpers as th
 
 FINAL, PARTIAL = 16, 12  # steps; checkpoints every 4
@@ -145,7 +145,7 @@ def test_checksum_sees_one_flipped_bit_and_nothing_else():
 
 _HOLDER = """
 import sys, time
-from mem_diffusion import workdir_lock
+from mem_diffusion.run import workdir_lock
 with workdir_lock.hold(sys.argv[1]):
   print("locked", flush=True)
   time.sleep(600)

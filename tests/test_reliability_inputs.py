@@ -17,7 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from mem_diffusion import convert, evaluate, sampling, train, validate
+from mem_diffusion.port import convert
+from mem_diffusion.run import evaluate, sampling, train
+from mem_diffusion import validate
 import train_helpers as th
 
 
@@ -286,7 +288,8 @@ def test_nothing_in_the_package_unpickles():
 # Eval killed midway: report.json is written last, so a rerun redoes it.
 
 def test_partial_eval_is_redone_and_matches_a_clean_one(tmp_path):
-  from mem_diffusion import data, stages  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion import data  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top,g-multiple-import
   config = th.micro_config()
   config.eval.num_heldout = 8
   images = data.heldout_images(config.data, 8 + 12)[8:]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mem_diffusion import npz_io
-from mem_diffusion import blends
-from mem_diffusion import neighbors
-from mem_diffusion import replicates
-from mem_diffusion import synthetic
+from mem_diffusion.analysis import blends
+from mem_diffusion.analysis import neighbors
+from mem_diffusion.analysis import replicates
+from mem_diffusion.analysis import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

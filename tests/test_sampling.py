@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import (checkpoint, convert, errors, evaluate, metrics, parallel, replicates,
-                           sampling, state, train, validate)
+from mem_diffusion import errors, validate
+from mem_diffusion.analysis import replicates
+from mem_diffusion.port import convert
+from mem_diffusion.run import checkpoint, evaluate, metrics, parallel, sampling, state, train
 from mem_diffusion.models import unet_from_config
 import train_helpers as th
 

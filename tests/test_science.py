@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from mem_diffusion import data
-from mem_diffusion import parallel
-from mem_diffusion import replicates
-from mem_diffusion import sampling
-from mem_diffusion import state as state_lib
-from mem_diffusion import train
+from mem_diffusion.run import parallel
+from mem_diffusion.analysis import replicates
+from mem_diffusion.run import sampling
+from mem_diffusion.run import state as state_lib
+from mem_diffusion.run import train
 
 # The toy model of configs/toy_capacity.py on 4 images at twice its learning
 # rate. XLA:CPU compiles for the host's instruction set, so the 1200-step

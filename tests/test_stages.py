@@ -12,12 +12,12 @@ import shutil
 import pytest
 
 from mem_diffusion import errors
-from mem_diffusion import evaluate
-from mem_diffusion import sampling
-from mem_diffusion import stages
-from mem_diffusion import sweep
-from mem_diffusion import train
-from mem_diffusion.workdir import Workdir
+from mem_diffusion.run import evaluate
+from mem_diffusion.run import sampling
+from mem_diffusion.run import stages
+from mem_diffusion.experiments import sweep
+from mem_diffusion.run import train
+from mem_diffusion.run.workdir import Workdir
 
 MICRO = ("training.num_steps=8", "diffusion.steps=20", "sampling.respacing=10",
          "sampling.num_samples=16", "sampling.batch_size=16", "eval.num_heldout=16",

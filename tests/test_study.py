@@ -3,7 +3,7 @@
 import pytest
 
 from mem_diffusion import report
-from mem_diffusion import study
+from mem_diffusion.experiments import study
 
 
 def fake(name, seed, ratio, *, n=24, kind="none", m=0, sampling="uniform", steps=2000,

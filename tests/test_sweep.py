@@ -15,8 +15,8 @@ import time
 import pytest
 
 from mem_diffusion import errors
-from mem_diffusion import sweep
-from mem_diffusion import train
+from mem_diffusion.experiments import sweep
+from mem_diffusion.run import train
 
 # 8x8 toy model, a 20-step chain and 8 training steps: seconds per run.
 MICRO = ("training.num_steps=8", "diffusion.steps=20", "sampling.respacing=10",

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from mem_diffusion import study
-from mem_diffusion import sweep
+from mem_diffusion.experiments import study
+from mem_diffusion.experiments import sweep
 
 
 def _config():

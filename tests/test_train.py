@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from mem_diffusion import checkpoint, metrics, parallel, train, validate
-from mem_diffusion import state as state_lib
+from mem_diffusion.run import checkpoint, metrics, parallel, train
+from mem_diffusion import validate
+from mem_diffusion.run import state as state_lib
 import train_helpers as th
 
 
@@ -102,8 +103,8 @@ def test_one_device_matches_four(reference, tmp_path, monkeypatch):
 
 def test_config_guard(reference):
   """The runner's guard (every mode goes through it) against a trained workdir."""
-  from mem_diffusion import stages  # pylint: disable=g-import-not-at-top
-  from mem_diffusion.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run.workdir import Workdir  # pylint: disable=g-import-not-at-top
   workdir, _ = reference
   changed = th.micro_config(training__learning_rate=3e-4, model__dropout=0.2)
   with pytest.raises(validate.ConfigError) as e:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mem_diffusion import checkpoint, train
+from mem_diffusion.run import checkpoint, train
 import train_helpers as th
 
 NUM_STEPS = 48

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from mem_diffusion import train
+from mem_diffusion.run import train
 import train_helpers as th
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from mem_diffusion import convert
+from mem_diffusion.port import convert
 from mem_diffusion.models import UNet, unet_from_config
 from mem_diffusion.models.flops import forward_flops
 from mem_diffusion.models.layers import GroupNorm32

@@ -316,7 +316,9 @@ def test_loader_errors_are_one_line(source, needle, tmp_path):
 
 
 def test_loader_reads_experiment_files_and_arguments():
-  from mem_diffusion import config_loading, convert, sweep  # pylint: disable=g-multiple-import,g-import-not-at-top
+  from mem_diffusion import config_loading  # pylint: disable=g-multiple-import,g-import-not-at-top
+  from mem_diffusion.port import convert  # pylint: disable=g-multiple-import,g-import-not-at-top
+  from mem_diffusion.experiments import sweep  # pylint: disable=g-multiple-import,g-import-not-at-top
   config = config_loading.load_config(os.path.join(th.REPO, "configs", "gm_2k.py:tiny"))
   assert (config.data.num_dummy, config.data.image_size) == (200, 16)
   with pytest.raises(validate.ConfigError, match="unknown config argument 'huge'"):

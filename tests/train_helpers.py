@@ -76,7 +76,7 @@ def start_main(args: list[str], env: dict[str, str], log_path: str) -> subproces
 
 def read_checkpoint(workdir: str, step: int, config, mesh=None) -> Any:
   """Host numpy (params, ema_params) of one checkpoint of a run."""
-  from mem_diffusion import checkpoint, parallel, state as state_lib  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import checkpoint, parallel, state as state_lib  # pylint: disable=g-import-not-at-top
   mesh = mesh or parallel.data_mesh()
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=100) as ckpt:
@@ -100,6 +100,6 @@ def rel_l2(a: Any, b: Any, base: Any) -> float:
 
 def train_micro(tmp_path_factory, name: str, num_steps: int):
   """(workdir, train summary) of a fresh micro run of `num_steps` (checkpoints every 4)."""
-  from mem_diffusion import train  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp(name))
   return workdir, train.train_and_evaluate(micro_config(training__num_steps=num_steps), workdir)

@@ -9,7 +9,7 @@ Two checks guard the data side of the study:
 
 Distances are exact: uint8 pixels as float64, the Gram matrix of integers
 stays below 2**53, so |a|^2 + |b|^2 - 2ab is an exact integer. (This is
-private to the data checks; the study's evaluator is mem_diffusion.replicates.)
+private to the data checks; the study's evaluator is mem_diffusion.analysis.replicates.)
 
 CLI (the numbers in docs/data.md):
   python -m mem_diffusion.data.checks --sizes 32 16 8 --num_train 2000 --num_fresh 2000

@@ -219,7 +219,7 @@ def _main(argv):
 def main(argv):
   """_main with every documented failure (bad config, missing CIFAR, full disk) as one
   error line and its exit code."""
-  from mem_diffusion import cli, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import  # JAX loads after flag parsing
+  from mem_diffusion.run import cli, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import  # JAX loads after flag parsing
   runtime.set_verbosity(False)
   cli.call(lambda: _main(argv))
 

@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from mem_diffusion import checkpoint as checkpoint_lib
-from mem_diffusion import parallel
+from mem_diffusion.run import checkpoint as checkpoint_lib
+from mem_diffusion.run import parallel
 from mem_diffusion import validate
 from mem_diffusion.diffusion import diffusion_from_config
 from mem_diffusion.diffusion import timestep_samplers

@@ -25,12 +25,12 @@ import numpy as np
 from mem_diffusion import data
 from mem_diffusion import files
 from mem_diffusion import npz_io
-from mem_diffusion import over_training
-from mem_diffusion import quality
-from mem_diffusion import replicates
+from mem_diffusion.run import over_training
+from mem_diffusion.analysis import quality
+from mem_diffusion.analysis import replicates
 from mem_diffusion import report as report_lib
-from mem_diffusion import sampling
-from mem_diffusion.workdir import Workdir
+from mem_diffusion.run import sampling
+from mem_diffusion.run.workdir import Workdir
 
 _MIN_HELDOUT = 4
 

@@ -32,11 +32,11 @@ import numpy as np
 
 from mem_diffusion import errors
 from mem_diffusion import files
-from mem_diffusion import parallel
-from mem_diffusion import replicates
+from mem_diffusion.run import parallel
+from mem_diffusion.analysis import replicates
 from mem_diffusion import report as report_lib
-from mem_diffusion import sampling
-from mem_diffusion.workdir import Workdir
+from mem_diffusion.run import sampling
+from mem_diffusion.run.workdir import Workdir
 
 _KEY_TAG = 0x0E7A1  # keeps these keys apart from the final sampling run's
 

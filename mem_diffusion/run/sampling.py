@@ -36,19 +36,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mem_diffusion import checkpoint as checkpoint_lib
-from mem_diffusion import convert
+from mem_diffusion.run import checkpoint as checkpoint_lib
+from mem_diffusion.port import convert
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import npz_io
-from mem_diffusion import parallel
-from mem_diffusion import progress as progress_lib
+from mem_diffusion.run import parallel
+from mem_diffusion.run import progress as progress_lib
 from mem_diffusion import report
-from mem_diffusion import state as state_lib
+from mem_diffusion.run import state as state_lib
 from mem_diffusion.diffusion import diffusion_from_config
 from mem_diffusion.diffusion import samplers
 from mem_diffusion.models import unet_from_config
-from mem_diffusion.workdir import Workdir
+from mem_diffusion.run.workdir import Workdir
 
 _SPEC_FILE = "spec.json"
 
@@ -85,7 +85,7 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
                          mesh: jax.sharding.Mesh) -> tuple[Any, dict[str, Any]]:
   """EMA params of the latest checkpoint, or `sampling.params_file` if set.
 
-  `sampling.params_file` is a msgpack file written by `mem_diffusion.convert`
+  `sampling.params_file` is a msgpack file written by `mem_diffusion.port.convert`
   (e.g. the released improved-diffusion CIFAR-10 model), which lets this
   project sample from models it did not train.
   """

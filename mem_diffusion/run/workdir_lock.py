@@ -25,7 +25,7 @@ from absl import logging
 import jax
 
 from mem_diffusion import errors
-from mem_diffusion import parallel
+from mem_diffusion.run import parallel
 
 LOCK_NAME = ".lock"
 

@@ -1,6 +1,6 @@
 """The study's presets, its per-config aggregate, figures and tables.
 
-The sweep (mem_diffusion/sweep.py) runs configs and collects one row per
+The sweep (mem_diffusion/experiments/sweep.py) runs configs and collects one row per
 (config, seed); this module turns the rows into the paper's comparisons.
 Every group is read from config fields (dataset, dummy_kind, num_dummy,
 num_original, sampling, num_steps, batch_size), never from spec strings, so

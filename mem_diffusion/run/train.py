@@ -5,12 +5,12 @@ The loop is built so that a run's result depends only on (config, step):
   a device or process index, so 1 and 8 devices draw the same numbers (JAX's
   partitionable threefry generates a global array independently of sharding);
 - the input pipeline is a pure function of the step (mem_diffusion.data);
-- the TrainState (mem_diffusion.state) holds everything else, including the
+- the TrainState (mem_diffusion.run.state) holds everything else, including the
   importance sampler;
 so resuming from a checkpoint reproduces an uninterrupted run bit for bit.
 
 The terminal gets one compact progress line per ~5% of the run
-(mem_diffusion.progress); every metric goes to TensorBoard.
+(mem_diffusion.run.progress); every metric goes to TensorBoard.
 
 TensorFlow (pulled in by the data modules and clu's TensorBoard writer) is
 imported lazily, inside train_and_evaluate, never at import time.
@@ -30,21 +30,21 @@ import ml_collections
 import numpy as np
 import optax
 
-from mem_diffusion import checkpoint as checkpoint_lib
+from mem_diffusion.run import checkpoint as checkpoint_lib
 from mem_diffusion import data
 from mem_diffusion import errors
 from mem_diffusion import files
-from mem_diffusion import metrics as metrics_lib
-from mem_diffusion import micro_batches
-from mem_diffusion import over_training
-from mem_diffusion import parallel
-from mem_diffusion import progress as progress_lib
+from mem_diffusion.run import metrics as metrics_lib
+from mem_diffusion.run import micro_batches
+from mem_diffusion.run import over_training
+from mem_diffusion.run import parallel
+from mem_diffusion.run import progress as progress_lib
 from mem_diffusion import report
-from mem_diffusion import sampling
-from mem_diffusion import signals as signals_lib
-from mem_diffusion import state as state_lib
+from mem_diffusion.run import sampling
+from mem_diffusion.run import signals as signals_lib
+from mem_diffusion.run import state as state_lib
 from mem_diffusion import validate
-from mem_diffusion.workdir import Workdir
+from mem_diffusion.run.workdir import Workdir
 
 # fold_in tags of a step's key: one independent stream per purpose.
 _T_TAG, _NOISE_TAG, _DROPOUT_TAG = 0, 1, 2
@@ -68,7 +68,7 @@ def make_train_step(model, diffusion, tx, sampler, config,
   (drawn per micro-batch). On accelerators the micro-batches run in a
   lax.scan inside one jit, which keeps one micro-batch's activations alive;
   on CPU (`host_accum`, the default there) as separate jitted calls, for the
-  reasons in mem_diffusion/micro_batches.py.
+  reasons in mem_diffusion/run/micro_batches.py.
   """
   conditional = bool(config.model.num_classes)
   if accum is None:

@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 
 from mem_diffusion import errors
 from mem_diffusion import files
-from mem_diffusion import parallel
+from mem_diffusion.run import parallel
 
 _ITEMS = ("state", "meta")
 CHECKSUM_KEY = "state_checksum"

@@ -38,13 +38,13 @@ import jax
 import ml_collections
 
 from mem_diffusion import errors
-from mem_diffusion import evaluate
+from mem_diffusion.run import evaluate
 from mem_diffusion import files
-from mem_diffusion import sampling
-from mem_diffusion import train
+from mem_diffusion.run import sampling
+from mem_diffusion.run import train
 from mem_diffusion import validate as validate_lib
-from mem_diffusion import workdir_lock
-from mem_diffusion.workdir import Workdir
+from mem_diffusion.run import workdir_lock
+from mem_diffusion.run.workdir import Workdir
 
 STAGES = ("train", "sample", "eval")
 

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from mem_diffusion import npz_io
-from mem_diffusion import replicates
+from mem_diffusion.analysis import replicates
 from mem_diffusion import report
 
 FEATURE_NAME = "multiscale-v1"

@@ -72,7 +72,7 @@ def execution_accum_steps(config: ml_collections.ConfigDict,
                            config.model.model_channels, accum)
   if auto != accum and tcfg.batch_size % (auto * mesh.devices.size) == 0:
     logging.info("CPU: each step of %d images runs as %d micro-batches of %d "
-                 "(mem_diffusion/micro_batches.py)", tcfg.batch_size, auto,
+                 "(mem_diffusion/run/micro_batches.py)", tcfg.batch_size, auto,
                  tcfg.batch_size // auto)
     return auto
   return accum

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from mem_diffusion import neighbors
+from mem_diffusion.analysis import neighbors
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,398 @@
+"""Runs a list of experiments over several seeds and draws the study's figures.
+
+  python -m mem_diffusion.sweep --root=runs/study --seeds=0,1,2 \\
+      --configs=configs/cars_2k.py,configs/gm_1k.py,configs/gm_2k.py,configs/gm_4k.py
+  python -m mem_diffusion.sweep --preset=toy --seeds=0,1,2 --root=runs/toy --jobs=2
+
+Each (config, seed) runs train -> sample -> eval (stages.run) in
+`<root>/<name>/seed<k>`. Every stage resumes or is skipped when its outputs
+are complete, so rerunning the same command after a crash or a preemption
+continues where it stopped; a finished run whose report no longer matches the
+config (e.g. `--set training.num_steps=...` changed) is sampled and evaluated
+again after training resumes. `--set key=value` overrides apply to every
+config, after the preset's own (mem_diffusion/experiments/study.py).
+
+`--jobs=1` (default) runs one run after another in this process. `--jobs=J`
+runs each in a subprocess of this module (`--worker`), at most J at once, its
+output appended to `<workdir>/sweep.log`; with J <= the CPU count, worker w is
+pinned to core w % count. The toy step is compute-bound but too small to
+keep two cores busy: one unpinned process runs at ~32 ms/step, two pinned ones
+at ~44 ms/step each, 1.45x the throughput (docs/benchmarks.md, "Toy run").
+A failed run prints its log's last lines and the others go on; the sweep then
+exits 1 naming it. Ctrl-C / SIGTERM stops the workers, which save (a rerun
+resumes). XLA's CPU results depend on its thread count, which pinning sets:
+a pinned worker and an unpinned main.py run of one config differ in the last
+bits (measured: the same final loss to 5 significant digits), so J is part of what makes a
+sweep bit-reproducible.
+
+Outputs in <root>, rewritten after every run so a partial sweep is readable:
+`summary.csv` (one row per run), `summary.json` (the rows and the per-config
+aggregate: mean/std/min/max over seeds, per-class ratios), `summary.md` (one
+table per group) and the figures `capacity.png`, `seed_figure.png`,
+`dummies_fill.png` where their runs exist (mem_diffusion/experiments/study.py says which
+runs each group takes). Each figure has the quality figure beside the ratio:
+the samples' median nearest-training distance relative to held-out real
+images (1 = as far from the train set as new real images; >> 1 = worse
+images, not generalization).
+
+Compiled programs are kept in a persistent JAX cache (`<root>/jax_cache` by
+default, shared by the workers): runs that differ only in seed or train set
+compile the same train step, which on CPU otherwise costs as much as a toy
+run's training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import ml_collections
+
+from mem_diffusion.run import cli
+from mem_diffusion import errors
+from mem_diffusion import files
+from mem_diffusion.run import runtime
+from mem_diffusion.experiments import study
+from mem_diffusion.config_loading import apply_override, load_config
+from mem_diffusion.run.workdir import Workdir
+
+PRESETS = study.PRESETS
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Only when run as a script: importing this module next to another CLI must not
+  collide on flag names."""
+  flags.DEFINE_multi_string("configs", None, "Config files, each optionally with ':arg', "
+                            "comma-separated (commas inside an ':arg' are kept: a new "
+                            "config starts at each item naming a .py file); repeatable.")
+  flags.DEFINE_enum("preset", None, sorted(PRESETS), "A named list of configs (instead of --configs).")
+  flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) to run for every config.")
+  flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
+  flags.DEFINE_multi_string("set", [], "key=value override for every config, e.g. training.num_steps=500.")
+  flags.DEFINE_integer("jobs", 1, "Runs at once, each in a pinned subprocess (1 = in this process).",
+                       lower_bound=1)
+  flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
+                      "'none' = off).")
+  flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
+  flags.DEFINE_bool("worker", False, "Internal (--jobs > 1): run the one config and seed given, "
+                    "without writing the summary.")
+  flags.DEFINE_integer("pin_cpu", -1, "Internal: the CPU a --worker runs on (-1: any).")
+
+
+COLUMNS = ("name", "config", "seed", "dataset", "dummy_kind", "num_dummy", "num_original",
+           "sampling", "conditional", "num_steps", "batch_size", "class_counts", "train_step",
+           "final_loss", "num_samples",
+           "replicate_ratio", "replicate_ci_low", "replicate_ci_high", "replicate_ratio_dedup",
+           "replicate_dedup_ci_low", "replicate_dedup_ci_high", "blend_ratio",
+           "d1_median_ratio", "frac_below_heldout_p05", "frechet", "frechet_heldout_split",
+           "kid", "kid_heldout_split", "per_class", "run_seconds", "workdir")
+
+
+def split_specs(values: Sequence[str]) -> list[str]:
+  """['a.py,b.py:1000,tiny', 'c.py'] -> ['a.py', 'b.py:1000,tiny', 'c.py'].
+
+  Config arguments contain commas themselves, so an item starts a new spec
+  only when it names a .py file.
+  """
+  specs: list[str] = []
+  for value in values:
+    for item in value.split(","):
+      item = item.strip()
+      if not item:
+        continue
+      if ".py" in item.split(":", 1)[0] or not specs:
+        specs.append(item)
+      else:
+        specs[-1] += "," + item
+  return specs
+
+
+
+
+def row(spec: str, config: ml_collections.ConfigDict, seed: int, workdir: str,
+        report: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
+  """The summary row of one finished run: its config's settings and report's numbers."""
+  q = report.get("quality") or {}
+  d1, feats = q.get("d1") or {}, q.get("features") or {}
+  ci = report.get("replicate_ci95") or [None, None]
+  ci_u = report.get("replicate_ci95_dedup") or [None, None]
+  return {
+      "name": config.name, "config": spec, "seed": seed, "dataset": config.data.dataset,
+      "dummy_kind": config.data.dummy_kind or "none",
+      "num_dummy": config.data.num_dummy if config.data.dummy_kind else 0,
+      "num_original": config.data.num_original, "sampling": config.data.sampling,
+      "conditional": bool(config.model.num_classes),
+      "num_steps": config.training.num_steps, "batch_size": config.training.batch_size,
+      # Only the two-population datasets ('cifar_classes', 'mondrian_classes')
+      # take their counts from data.class_counts.
+      "class_counts": ("/".join(str(c) for c in config.data.class_counts)
+                       if config.data.dataset.endswith("_classes") else None),
+      "train_step": report.get("train_step"), "final_loss": report.get("final_loss"),
+      "num_samples": report.get("num_samples"), "replicate_ratio": report.get("replicate_ratio"),
+      "replicate_ci_low": ci[0], "replicate_ci_high": ci[1],
+      "replicate_ratio_dedup": report.get("replicate_ratio_dedup"),
+      "replicate_dedup_ci_low": ci_u[0], "replicate_dedup_ci_high": ci_u[1],
+      "blend_ratio": report.get("blend_ratio"),
+      "d1_median_ratio": d1.get("median_ratio"),
+      "frac_below_heldout_p05": d1.get("frac_samples_below_heldout_p05"),
+      "frechet": feats.get("frechet"), "frechet_heldout_split": feats.get("frechet_heldout_split"),
+      "kid": feats.get("kid"), "kid_heldout_split": feats.get("kid_heldout_split"),
+      "per_class": {c: {"ratio": v.get("replicate_ratio"), "ci95": v.get("replicate_ci95")}
+                    for c, v in (report.get("per_class") or {}).items()} or None,
+      "run_seconds": None if seconds is None else round(seconds, 1),
+      "workdir": workdir,
+  }
+
+
+def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
+  """summary.csv/json/md and the figures; returns the figure paths written."""
+  os.makedirs(root, exist_ok=True)
+  tmp = os.path.join(root, "summary.csv.tmp")
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()})
+  os.replace(tmp, os.path.join(root, "summary.csv"))
+  agg = study.aggregate(rows)
+  files.write_json(os.path.join(root, "summary.json"), {"rows": list(rows), "aggregate": agg})
+  files.write_bytes(os.path.join(root, "summary.md"), study.markdown(agg).encode())
+  return study.write_figures(agg, root)
+
+
+def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
+              overrides: Sequence[str] = ()) -> list[tuple[str, int, Any, str]]:
+  """(spec, seed, config, workdir) for every run, all validated up front.
+
+  A typo in the 7th config must not surface after six hours of training.
+  """
+  from mem_diffusion import validate  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
+  if not specs:
+    raise errors.ConfigError("no configs to run")
+  plan, names = [], {}
+  for spec in specs:
+    for seed in seeds:
+      config = load_config(spec)
+      for o in overrides:
+        apply_override(config, o)
+      config.seed = int(seed)
+      validate.validate_config(config)
+      if names.setdefault(config.name, spec) != spec:
+        raise errors.ConfigError(f"configs {names[config.name]!r} and {spec!r} have the same name "
+                         f"{config.name!r}: their runs would share a workdir")
+      plan.append((spec, int(seed), config, os.path.join(root, config.name, f"seed{seed}")))
+  return plan
+
+
+def _progress(k: int, n: int, config: ml_collections.ConfigDict, seed: int,
+              report: dict[str, Any], seconds: float | None) -> None:
+  """The line that ends a run; seconds None: it was complete already."""
+  print(f"[{k}/{n}] {config.name} seed {seed}: replicate ratio "
+        f"{report['replicate_ratio']:.3f} "
+        + ("(complete, skipped)" if seconds is None else f"({seconds:.0f} s)"), flush=True)
+
+
+def _cache_dir(compile_cache: str, root: str) -> str:
+  return compile_cache or os.path.abspath(os.path.join(root, "jax_cache"))
+
+
+def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
+          overrides: Sequence[str] = (), *, jobs: int = 1, compile_cache: str = "",
+          verbose: bool = False) -> list[dict[str, Any]]:
+  """Runs every (spec, seed); returns the summary rows (also written to root).
+
+  Raises errors.UserError for every documented failure (a bad config before
+  the first run starts; with jobs = 1 a locked workdir, a corrupt checkpoint
+  or a diverged run when it happens, with the runs before it kept in the
+  summary; with jobs > 1 RunFailedError after all other runs finished).
+  """
+  plan = plan_runs(specs, seeds, root, overrides)
+  if jobs > 1:
+    return _sweep_parallel(plan, root, overrides, jobs, _cache_dir(compile_cache, root), verbose)
+  from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
+  runtime.setup(verbose=verbose, compile_cache=_cache_dir(compile_cache, root))
+  rows = []
+  for i, (spec, seed, config, workdir) in enumerate(plan):
+    print(f"[{i + 1}/{len(plan)}] {config.name} seed {seed} -> {workdir}", flush=True)
+    start = time.time()
+    report = stages.run(config, workdir, validate=False)
+    rows.append(row(spec, config, seed, workdir, report, time.time() - start))
+    write_outputs(rows, root)
+    _progress(i + 1, len(plan), config, seed, report, time.time() - start)
+  return rows
+
+
+# ---------------------------------------------------------------------------
+# --jobs > 1: one subprocess per run.
+
+class SweepStopped(errors.Preempted):
+  """SIGINT/SIGTERM during a parallel sweep: the workers saved and stopped."""
+
+  def __init__(self, signum: int, names: Sequence[str]):
+    errors.UserError.__init__(  # pylint: disable=non-parent-init-called
+        self, f"stopped by signal {signum}; {len(names)} running run(s) saved their state "
+        f"({', '.join(names) or 'none'}): rerun the same command to resume")
+    self.step, self.signum = None, signum
+
+
+def _finished_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """The report of a run whose every stage is complete, else None (no worker needed)."""
+  from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
+  try:
+    if not all(stages.is_complete(config, workdir, s) for s in stages.STAGES):
+      return None
+    with open(Workdir(workdir).report_json) as f:
+      return json.load(f)
+  except (errors.UserError, OSError, ValueError):
+    return None  # the worker meets the problem and reports it in the run's log
+
+
+def _log_tail(path: str, lines: int = 12) -> str:
+  try:
+    with open(path, errors="replace") as f:
+      return "".join(f.readlines()[-lines:])
+  except OSError as e:
+    return f"(no log: {e.strerror})\n"
+
+
+def _worker_command(spec: str, seed: int, root: str, overrides: Sequence[str], cache: str,
+                    verbose: bool, cpu: int) -> list[str]:
+  return ([sys.executable, "-m", "mem_diffusion.sweep", "--worker", f"--pin_cpu={cpu}",
+           f"--configs={spec}", f"--seeds={seed}", f"--root={root}", f"--compile_cache={cache}",
+           f"--verbose={str(bool(verbose)).lower()}"] + [f"--set={o}" for o in overrides])
+
+
+def _sweep_parallel(plan, root: str, overrides: Sequence[str], jobs: int, cache: str,
+                    verbose: bool) -> list[dict[str, Any]]:
+  """Runs the plan in at most `jobs` subprocesses; the summary after each run."""
+  runtime.set_verbosity(verbose)
+  cores = sorted(os.sched_getaffinity(0))
+  env = dict(os.environ)
+  package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+  n, pending, running = len(plan), list(enumerate(plan)), {}
+  free_slots, done, failed = list(range(jobs)), {}, []
+  caught: list[int] = []
+  previous = {s: signal.signal(s, lambda signum, _: caught.append(signum))
+              for s in (signal.SIGINT, signal.SIGTERM)}
+
+  def finish(i: int, report: dict[str, Any], seconds: float | None) -> None:
+    spec, seed, config, workdir = plan[i]
+    done[i] = row(spec, config, seed, workdir, report, seconds)
+    write_outputs([done[k] for k in sorted(done)], root)
+    _progress(i + 1, n, config, seed, report, seconds)
+
+  try:
+    while (pending or running) and not caught:
+      while pending and free_slots and not caught:
+        i, (spec, seed, config, workdir) = pending.pop(0)
+        report = _finished_report(config, workdir)
+        if report is not None:
+          finish(i, report, None)
+          continue
+        slot = free_slots[0]
+        cpu = cores[slot % len(cores)] if jobs <= len(cores) else -1
+        log_path = os.path.join(workdir, "sweep.log")
+        try:
+          os.makedirs(workdir, exist_ok=True)
+          with open(log_path, "a") as log:
+            # Its own session: a terminal's Ctrl-C reaches only this process,
+            # which then stops every worker the same way.
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                _worker_command(spec, seed, root, overrides, cache, verbose, cpu),
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+          failed.append((i, f"{config.name} seed {seed}"))
+          print(f"[{i + 1}/{n}] {config.name} seed {seed}: FAILED to start in {workdir} "
+                f"({e.strerror or e})", file=sys.stderr, flush=True)
+          continue
+        running[proc] = (i, free_slots.pop(0), time.time(), log_path)
+        print(f"[{i + 1}/{n}] {config.name} seed {seed} -> {workdir}"
+              + (f" (cpu {cpu})" if cpu >= 0 else ""), flush=True)
+      for proc in [p for p in running if p.poll() is not None]:
+        i, slot, start, log_path = running.pop(proc)
+        free_slots.append(slot)
+        _, seed, config, workdir = plan[i]
+        report = None
+        if proc.returncode == 0:
+          report = _finished_report(config, workdir)
+        if report is None:
+          failed.append((i, f"{config.name} seed {seed}"))
+          print(_log_tail(log_path), end="", file=sys.stderr, flush=True)
+          print(f"[{i + 1}/{n}] {config.name} seed {seed}: FAILED (exit {proc.returncode}); "
+                f"log: {log_path}", file=sys.stderr, flush=True)
+        else:
+          finish(i, report, time.time() - start)
+      time.sleep(0.2)
+  finally:
+    stopped = [f"{plan[i][2].name} seed {plan[i][1]}" for i, *_ in running.values()]
+    for proc in running:
+      proc.terminate()  # train.py saves on SIGTERM, then exits
+    # Saving takes seconds; a second signal (or 5 minutes) kills the rest.
+    deadline, signals = time.time() + 300, len(caught)
+    while any(p.poll() is None for p in running):
+      if time.time() > deadline or len(caught) > max(signals, 1):
+        for proc in running:
+          proc.kill()
+      time.sleep(0.2)
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  if caught:
+    raise SweepStopped(caught[0], stopped)
+  if failed:
+    raise errors.RunFailedError(
+        f"{len(failed)} of {n} runs failed: {', '.join(name for _, name in sorted(failed))}; "
+        "each log is <workdir>/sweep.log; rerun the same command to retry them")
+  return [done[k] for k in sorted(done)]
+
+
+def _worker(spec: str, seed: int, root: str, overrides: Sequence[str], *, cpu: int,
+            compile_cache: str, verbose: bool) -> None:
+  """One run of a parallel sweep, in this process (pinned before JAX starts)."""
+  if cpu >= 0:
+    os.sched_setaffinity(0, {cpu})
+  from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # after pinning: XLA sizes its threads then
+  ((_, _, config, workdir),) = plan_runs([spec], [seed], root, overrides)
+  runtime.setup(verbose=verbose, compile_cache=compile_cache)
+  print(f"{config.name} seed {seed}: train, sample, eval in {workdir}"
+        + (f" (cpu {cpu})" if cpu >= 0 else ""), flush=True)
+  stages.run(config, workdir, validate=False, summary=stages.print_summary)
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if bool(FLAGS.configs) == bool(FLAGS.preset) or not FLAGS.root:
+    cli.fail("--root and exactly one of --configs / --preset are required")
+  preset = PRESETS[FLAGS.preset] if FLAGS.preset else None
+  specs = list(preset.specs) if preset else split_specs(FLAGS.configs)
+  overrides = list(preset.overrides if preset else ()) + list(FLAGS.set)
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError:
+    cli.fail(f"--seeds must be integers, got {','.join(FLAGS.seeds)}")
+  if FLAGS.worker:
+    if len(specs) != 1 or len(seeds) != 1:
+      cli.fail("--worker runs exactly one config and one seed")
+    cli.call(lambda: _worker(specs[0], seeds[0], FLAGS.root, overrides, cpu=FLAGS.pin_cpu,
+                             compile_cache=FLAGS.compile_cache, verbose=FLAGS.verbose))
+    return
+  rows = cli.call(lambda: sweep(specs, seeds, FLAGS.root, overrides, jobs=FLAGS.jobs,
+                                compile_cache=FLAGS.compile_cache, verbose=FLAGS.verbose))
+  print(f"{len(rows)} runs; summary in {os.path.join(FLAGS.root, 'summary.md')}", flush=True)
+
+
+if __name__ == "__main__":
+  from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.reexec_with_huge_pages()
+  _define_flags()
+  app.run(main)

@@ -56,7 +56,7 @@ flags.DEFINE_bool("reference_huge_pages", True, "Give the reference this process
                   "(with the huge-page malloc the entry points set: mem_diffusion/huge_pages.py); "
                   "False runs it with glibc's defaults, as a plain torch user would.")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul.")
-flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step (training.grad_accum_steps).")
+flags.DEFINE_integer("micro_batches", 1, "Micro-batches per step (training.micro_batches).")
 flags.DEFINE_string("compute_dtype", "", "Override model.compute_dtype (float32 | bfloat16).")
 FLAGS = flags.FLAGS
 
@@ -94,7 +94,7 @@ def main(argv):
   del argv
   config = FLAGS.config
   config.training.batch_size = FLAGS.batch_size
-  config.training.grad_accum_steps = FLAGS.grad_accum_steps
+  config.training.micro_batches = FLAGS.micro_batches
   if FLAGS.compute_dtype:
     config.model.compute_dtype = FLAGS.compute_dtype
   mesh = parallel.data_mesh()
@@ -130,7 +130,7 @@ def main(argv):
   result = {
       "config": config.name,
       "batch_size": FLAGS.batch_size,
-      "grad_accum_steps": FLAGS.grad_accum_steps,
+      "micro_batches": FLAGS.micro_batches,
       "micro_batches": micro_batches.execution_accum_steps(config, mesh),
       "compute_dtype": config.model.compute_dtype,
       "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",

@@ -26,7 +26,7 @@ TRAINING_LIMITS = (
     real_in("training.weight_decay", 0.0, 1.0, "AdamW's decoupled decay; 0 = plain Adam"),
     real_in("training.ema_decay", 0.0, 1.0, "1 would freeze the EMA at its initial params",
             open_hi=True),
-    int_in("training.grad_accum_steps", 1, MAX_BATCH, "micro-batches per step; must divide "
+    int_in("training.micro_batches", 1, MAX_BATCH, "micro-batches per step; must divide "
            "the batch"),
     int_in("training.log_every", 1, None, "steps between log lines"),
     int_in("training.checkpoint_every", 1, None, "steps between checkpoints"),
@@ -61,9 +61,9 @@ EVAL_LIMITS = (
 def validate_training_config(training_cfg) -> None:
   """Raises ConfigError naming the first bad `training.*` key."""
   check_section(TRAINING_LIMITS, training_cfg)
-  b, a = training_cfg.batch_size, training_cfg.grad_accum_steps
+  b, a = training_cfg.batch_size, training_cfg.micro_batches
   require(b % a == 0, f"training.batch_size={b} must be divisible by "
-          f"training.grad_accum_steps={a}")
+          f"training.micro_batches={a}")
 
 
 def validate_sampling_config(sampling_cfg, num_classes: int | None = None) -> None:

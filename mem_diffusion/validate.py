@@ -134,10 +134,10 @@ def _check_across_sections(config: ml_collections.ConfigDict) -> None:
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks that the global batch splits over devices and micro-batches."""
-  b, a = config.training.batch_size, config.training.grad_accum_steps
+  b, a = config.training.batch_size, config.training.micro_batches
   require(b % (num_devices * a) == 0,
           f"training.batch_size={b} must be divisible by the number of devices "
-          f"({num_devices}) x training.grad_accum_steps ({a})")
+          f"({num_devices}) x training.micro_batches ({a})")
 
 
 # Keys added after workdirs existed, with the value that reproduces what a

@@ -46,7 +46,7 @@ def mesh():
 def test_host_step_is_the_scan_step(mesh):
   """Same micro-batches, same dropout keys: the host-dispatched step and the
   one-jit scan compute the same update (dropout on)."""
-  config = th.micro_config(training__grad_accum_steps=2)
+  config = th.micro_config(training__micro_batches=2)
   host_step, *host = _one_step(config, mesh, host_accum=True)
   scan_step, *scan = _one_step(config, mesh, host_accum=False)
   assert isinstance(host_step, micro_batches.HostAccumulatedStep)
@@ -71,7 +71,7 @@ def test_micro_batches_without_dropout_are_the_whole_batch(mesh):
 
 
 def test_compiled_host_step_runs_and_counts_every_micro_batch(mesh):
-  config = th.micro_config(training__grad_accum_steps=2)
+  config = th.micro_config(training__micro_batches=2)
   parts = state_lib.parts(config)
   step = train.make_train_step(*parts[:4], config, mesh, host_accum=True)
   state, batch = state_lib.initial_state(config, mesh), _batch(config, mesh)
@@ -104,7 +104,7 @@ def test_cpu_micro_batch_rule(batch, size, channels, accum, expected):
 
 def _config_for(batch, channels, size=32, accum=1):
   config = th.micro_config()
-  config.training.batch_size, config.training.grad_accum_steps = batch, accum
+  config.training.batch_size, config.training.micro_batches = batch, accum
   config.model.model_channels, config.data.image_size = channels, size
   return config
 

@@ -46,7 +46,7 @@ BAD_CONFIGS = [
     ("one_diffusion_step", dict(diffusion__steps=1), "diffusion.steps"),
     ("zero_samples", dict(sampling__num_samples=0), "sampling.num_samples"),
     ("batch_not_over_4_devices", dict(training__batch_size=6), "training.batch_size=6"),
-    ("batch_not_over_accum", dict(training__grad_accum_steps=3), "grad_accum_steps=3"),
+    ("batch_not_over_accum", dict(training__micro_batches=3), "micro_batches=3"),
     ("attention_at_missing_resolution", dict(model__attention_resolutions=(16,)),
      "attention_resolutions"),
     ("channels_not_divisible_by_32_groups", dict(model__model_channels=48),

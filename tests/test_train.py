@@ -142,7 +142,7 @@ def test_grad_accumulation_sample_grid_and_progress_lines(tmp_path, capsys):
   """Two micro-batches per step, the periodic EMA sample grid (5 images: the
   sampler's chunk is padded to 8 for 4 devices and cut), and what the
   terminal shows."""
-  config = th.micro_config(training__num_steps=4, training__grad_accum_steps=2,
+  config = th.micro_config(training__num_steps=4, training__micro_batches=2,
                            training__sample_grid_every=2, training__grid_num_samples=5,
                            training__grid_respacing="5")
   summary = train.train_and_evaluate(config, str(tmp_path))

@@ -61,7 +61,7 @@ def test_experiment_configs_keep_what_they_vary():
     ("training.batch_size", 0, "training.batch_size=0"),
     ("training.learning_rate", float("nan"), "training.learning_rate"),
     ("training.ema_decay", 1.0, "training.ema_decay"),
-    ("training.grad_accum_steps", 3, "grad_accum_steps=3"),
+    ("training.micro_batches", 3, "micro_batches=3"),
     ("diffusion.schedule", "quadratic", "diffusion.schedule"),
     ("diffusion.timestep_sampler", "lossaware", "diffusion.timestep_sampler"),
     ("model.compute_dtype", "float16", "model.compute_dtype"),
@@ -108,7 +108,7 @@ def test_data_package_checks_are_included():
 
 
 def test_device_divisibility():
-  config = th.micro_config(training__batch_size=12, training__grad_accum_steps=2)
+  config = th.micro_config(training__batch_size=12, training__micro_batches=2)
   validate.check_devices(config, 2)
   with pytest.raises(validate.ConfigError, match="batch_size=12.*devices \\(4\\)"):
     validate.check_devices(config, 4)
@@ -158,7 +158,7 @@ LIMIT_CASES = [
     ("training.learning_rate", [1e-8, 1.0], [0.0, -1e-4, 1.5, float("inf"), float("nan")]),
     ("training.weight_decay", [0.0, 1.0], [-0.1, 1.5, float("inf")]),
     ("training.ema_decay", [0.0, 0.99999], [-0.1, 1.0, 1.5]),
-    ("training.grad_accum_steps", [1, 8], [0, 3, 16]),
+    ("training.micro_batches", [1, 8], [0, 3, 16]),
     ("training.keep_checkpoints", [1, 1000], [0, 1001]),
     ("training.log_every", [1, 10**9], [0]),
     ("training.sample_grid_every", [0, 5], [-1]),

@@ -11,7 +11,7 @@ UNet-128) is run as more micro-batches, each no larger than that. Toy and
 quickstart configs stay far below it and are unchanged.
 
 What that changes: gradients are averaged over micro-batches exactly as
-training.grad_accum_steps would, and the step's t and noise are drawn for the
+training.micro_batches would, and the step's t and noise are drawn for the
 whole batch before the split, so a CPU run differs from an accelerator run of
 the same config only in float summation order and, where model.dropout > 0,
 in which (equally distributed) dropout masks are drawn: they are drawn per
@@ -58,13 +58,13 @@ def execution_accum_steps(config: ml_collections.ConfigDict,
                           mesh: jax.sharding.Mesh, environ=os.environ) -> int:
   """The number of micro-batches a step of `config` runs as on `mesh`.
 
-  training.grad_accum_steps on accelerators; on CPU possibly more (module
+  training.micro_batches on accelerators; on CPU possibly more (module
   docstring), chosen from the config alone so that 1 and 8 CPU devices draw
   the same dropout masks. Where the chosen micro-batch would not split over
   the devices, the config's own value is used.
   """
   tcfg = config.training
-  accum = tcfg.grad_accum_steps
+  accum = tcfg.micro_batches
   if (mesh.devices.flat[0].platform != "cpu" or
       environ.get(cpu_flags.OPT_OUT, "1") == "0"):
     return accum

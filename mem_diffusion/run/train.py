@@ -285,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
     origin = (f"resumed at step {start} from {ckpt_dir}" if restored is not None
               else "starting at step 0")
-    accum = getattr(train_step, "accum", tcfg.grad_accum_steps)
+    accum = getattr(train_step, "accum", tcfg.micro_batches)
     split_text = (f" as {accum} micro-batches of {tcfg.batch_size // accum}"
                   if accum > 1 else "")
     progress.say(f"{origin}; training to step {num_steps}, {tcfg.batch_size} "

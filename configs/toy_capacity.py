@@ -1,6 +1,6 @@
 """CPU toy of the capacity experiment: N small Mondrian images, no dummies.
 
-The toy scale (issue 6) keeps the study's design and shrinks everything
+The toy scale keeps the study's design and shrinks everything
 else so that a run takes about a minute on a 2-core laptop CPU:
 
 - 8x8 Mondrian images: a quarter of the 16x16 cost, and Gu et al. found

@@ -1,4 +1,4 @@
-"""Damaged checkpoints and concurrent runs (issue 7), on the micro config.
+"""Damaged checkpoints and concurrent runs, on the micro config.
 
 A run whose newest checkpoint is broken must warn, move it aside and resume
 from the newest intact one, ending with the uninterrupted run's parameters;

@@ -1,4 +1,4 @@
-"""Bad input (issue 7): every bad config stops with a one-line message that
+"""Bad input: every bad config stops with a one-line message that
 names the key, before anything is compiled; bad files for the converter are
 refused without unpickling; eval interrupted midway is redone cleanly.
 
@@ -19,7 +19,7 @@ import pytest
 
 from mem_diffusion.port import convert
 from mem_diffusion.run import evaluate, sampling, train
-from mem_diffusion import validate
+from mem_diffusion import config as config_lib
 import train_helpers as th
 
 
@@ -138,9 +138,9 @@ def _one_line_error(config, workdir, monkeypatch):
     raise _ComputeStarted("train.build reached: the error came after compute began")
   monkeypatch.setattr(train, "build", no_compute)
   try:
-    validate.validate_config(config)
+    config_lib.validate_config(config)
     train.train_and_evaluate(config, workdir)
-  except validate.ConfigError as e:
+  except config_lib.ConfigError as e:
     return str(e)
   except Exception as e:  # pylint: disable=broad-except
     if type(e).__module__.startswith("mem_diffusion.data"):  # main.py's one-line class
@@ -317,7 +317,7 @@ def test_partial_eval_is_redone_and_matches_a_clean_one(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# Input files that are not files (issue 13): through the real CLI, one line,
+# Input files that are not files: through the real CLI, one line,
 # exit 2, within the subprocess timeout (a FIFO must not block the open).
 
 @pytest.mark.parametrize("kind,needle", [

@@ -21,11 +21,10 @@ The global batch is cut into process_count equal slices; process i gets rows
 whatever the process count.
 
 The rows are then gathered from the in-memory uint8 train set and converted
-to float32 in [-1, 1] with NumPy, on the training thread. This was a tf.data
-pipeline (from_generator -> map -> prefetch) until it was measured: on a
-2-core CPU its threads cost ~40 ms of system CPU time per step (futex traffic
-between TF's pools, the generator's Python callback and JAX's dispatch),
-more than the toy model's whole train step, and left the step 1.5-2x slower.
+to float32 in [-1, 1] with NumPy, on the training thread. Not tf.data: its
+thread pools, the generator's Python callback and JAX's dispatch contend for
+a small CPU's cores, and at toy scale that hand-off costs more than the
+train step itself (benchmarks/data_pipeline.py measures both).
 A gather of at most a few hundred small images takes well under a
 millisecond, and JAX's asynchronous dispatch already overlaps it with the
 step in flight, so there is nothing for a prefetch thread to hide

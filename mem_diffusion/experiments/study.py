@@ -48,7 +48,7 @@ class Preset:
 
 
 def _toy_specs() -> tuple[str, ...]:
-  """Issue 15 at toy scale, cheap and most informative runs first.
+  """The study at toy scale, cheap and most informative runs first.
 
   Base N = 24, just under the toy capacity (32-45 images at 2000 steps,
   docs/results.md). First the base run, then the seed's figure (GM, hybrid and

@@ -105,10 +105,9 @@ class GroupNorm32(nn.Module):
   it vectorizes), then per group on the tiny (N, C) array; the group mean
   and the folded scale `rstd * gamma` are broadcast back per channel, and
   the normalized output is one fused multiply-add, `(x - mean) * a + beta`.
-  Reshaping to (..., 32 groups, C / 32) instead puts the 4 channels of a
-  group innermost and made GroupNorm + SiLU forward and backward 2-3x slower
-  (docs/benchmarks.md, "GroupNorm layout"). Same math; rounding differs in
-  the last bits.
+  Reshaping to (..., 32 groups, C / 32) instead puts the few channels of a
+  group innermost, where XLA:CPU cannot vectorize over them (docs/benchmarks.md,
+  "GroupNorm layout"). Same math; rounding differs in the last bits.
   """
   dtype: Dtype = jnp.float32
 

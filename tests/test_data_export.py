@@ -75,3 +75,33 @@ def test_hybrid_readings_figure(tmp_path):
       "corner_radius": {"bins": 101.0, "fraction": 0.098633},
       "nyquist_radius": {"bins": 49.0, "fraction": 0.047852},
       "bin_fraction": {"bins": 256.0, "fraction": 0.25}}
+
+
+def _export_cli(tmp_path, *args):
+  cmd = [sys.executable, "-m", "mem_diffusion.data.export", "--config=configs/default.py",
+         *args] + [f"--config.data.{k}={v}" for k, v in OVERRIDES.items()]
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_export_refuses_to_overwrite_a_users_json_or_write_previews_badly(tmp_path):
+  """Every path the export writes is checked before the build; nothing of the
+  user's is replaced, and each mistake is one line with exit 2."""
+  mine = tmp_path / "mine.json"
+  mine.write_text('{"my": "notes"}')
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  cases = [
+      ([f"--out={tmp_path / 'mine.npz'}"], "not a manifest written by this command"),
+      ([f"--out={tmp_path / 'set.json'}"], "give a file ending in .npz"),
+      ([f"--preview={a_file}"], "is a file, not a directory"),
+      ([f"--preview={a_file / 'sub'}"], "is a file, not a directory"),
+      ([f"--preview={tmp_path / 'p'}", "--preview_count=0"], "--preview_count (0)"),
+  ]
+  for args, message in cases:
+    proc = _export_cli(tmp_path, *args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (args, proc.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (args, lines)
+  assert mine.read_text() == '{"my": "notes"}' and a_file.read_text() == "x"
+  assert not (tmp_path / "mine.npz").exists() and not (tmp_path / "p").exists()

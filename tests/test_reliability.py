@@ -229,3 +229,27 @@ def test_cheap_checks_answer_before_tensorflow_is_imported(tmp_path, case):
   assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
   expected = "is in use by another run" if case == "locked_workdir" else "learning_rate"
   assert lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink_to_dev_null", "fifo"])
+def test_a_lock_path_that_is_not_a_file_is_one_line(tmp_path, kind):
+  """`<workdir>/.lock` as a directory, a link to /dev/null or a FIFO: refused
+  through the real CLI before anything runs, and left as it was."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  lock = workdir / ".lock"
+  if kind == "directory":
+    lock.mkdir()
+  elif kind == "symlink_to_dev_null":
+    lock.symlink_to("/dev/null")
+  else:
+    os.mkfifo(lock)
+  r = subprocess.run([sys.executable, os.path.join(th.REPO, "main.py")] + th.override_flags()
+                     + [f"--workdir={workdir}", "--mode=train"],
+                     cwd=th.REPO, env=th.subprocess_env(1), capture_output=True, text=True,
+                     timeout=300)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+  assert lines[0].startswith("error: ") and ".lock is " in lines[0] and "remove it" in lines[0]
+  assert not (workdir / "checkpoints").exists()
+  assert os.path.islink(lock) if kind == "symlink_to_dev_null" else os.path.exists(lock)

@@ -36,6 +36,7 @@ import numpy as np
 
 from mem_diffusion import files
 from mem_diffusion import report
+from mem_diffusion.errors import InputError
 from mem_diffusion.data import generators, mondrian, train_set as train_set_lib
 
 _FLAGS = {}
@@ -140,9 +141,6 @@ def write_hybrid_readings(data_cfg, directory: str, *, prefix: str = "", count: 
   Mondrian images stand in for the cars (no CIFAR needed); the seed, image
   size and cutoff are the config's.
   """
-  import matplotlib  # pylint: disable=import-outside-toplevel  # matplotlib stays lazy
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   size, seed, cutoff = data_cfg.image_size, data_cfg.seed, data_cfg.hybrid_cutoff
   ids = np.arange(count)
   low = mondrian.mondrian_images(seed, ids, size)
@@ -151,8 +149,8 @@ def write_hybrid_readings(data_cfg, directory: str, *, prefix: str = "", count: 
   mixed = [generators.hybrid_images(seed, ids, low, cutoff, mask=k) for k in kinds]
   bins = hybrid_mask_bins(size, cutoff)
   cols = 2 + len(kinds)
-  fig, axes = plt.subplots(count + 1, cols, figsize=(1.45 * cols, 1.45 * (count + 1)),
-                           squeeze=False)
+  fig = report.agg_figure(figsize=(1.45 * cols, 1.45 * (count + 1)))
+  axes = fig.subplots(count + 1, cols, squeeze=False)
   for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
@@ -179,23 +177,62 @@ def write_hybrid_readings(data_cfg, directory: str, *, prefix: str = "", count: 
   path = os.path.join(directory, f"{prefix}hybrid_readings.png")
   os.makedirs(directory, exist_ok=True)
   fig.savefig(path, dpi=160)
-  plt.close(fig)
   return path
+
+
+def _is_manifest(path: str) -> bool:
+  """True for a JSON file this command wrote (it may be replaced); anything
+  else at the manifest's path is the user's and must survive."""
+  try:
+    with open(path) as f:
+      m = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(m, dict) and {"images", "data_config", "num_classes"} <= set(m)
+
+
+def check_outputs(out: str | None, preview: str | None, count: int, scale: int) -> None:
+  """Every path the command will write, refused before the train set is built.
+
+  The manifest is written next to --out under another name, so it is checked
+  like --out itself: a user's own FILE.json there is never replaced.
+  """
+  if count < 1 or scale < 1:
+    raise InputError(f"--preview_count ({count}) and --preview_scale ({scale}) must be >= 1")
+  if out:
+    files.check_output_path(out, create_parent=True)
+    manifest = manifest_path(out)
+    if os.path.abspath(manifest) == os.path.abspath(out):
+      raise InputError(f"--out {out!r}: the manifest would be written over it; "
+                       "give a file ending in .npz")
+    files.check_output_path(manifest, "the manifest", create_parent=True)
+    if os.path.exists(manifest) and not _is_manifest(manifest):
+      raise InputError(f"--out {out!r} would overwrite {manifest}, which is not a manifest "
+                       "written by this command; move it or choose another --out")
+  if preview:
+    probe = os.path.abspath(preview)
+    while not os.path.exists(probe):
+      probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+      raise InputError(f"--preview {preview!r}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+      raise InputError(f"--preview {preview!r}: cannot write in {probe}")
 
 
 def _main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _FLAGS["config"].value
   if config is None:
-    raise app.UsageError("--config is required")
+    raise InputError("--config is required")
   if not (_FLAGS["out"].value or _FLAGS["preview"].value):
-    raise app.UsageError("give --out FILE.npz and/or --preview DIR")
+    raise InputError("give --out FILE.npz and/or --preview DIR")
   if (_FLAGS["illustrate"].value or _FLAGS["readings"].value) and not _FLAGS["preview"].value:
-    raise app.UsageError("--hybrid_illustration and --hybrid_readings write into --preview DIR")
+    raise InputError("--hybrid_illustration and --hybrid_readings write into --preview DIR")
+  check_outputs(_FLAGS["out"].value, _FLAGS["preview"].value, _FLAGS["count"].value,
+                _FLAGS["scale"].value)  # before the build
   data_cfg = config.data
   if _FLAGS["out"].value:
-    files.check_output_path(_FLAGS["out"].value, create_parent=True)  # before the build
     ts = export(data_cfg, _FLAGS["out"].value)
   else:
     ts = train_set_lib.build_train_set(data_cfg)
@@ -221,6 +258,7 @@ def main(argv):
   error line and its exit code."""
   from mem_diffusion.run import cli, runtime  # pylint: disable=g-import-not-at-top,g-multiple-import  # JAX loads after flag parsing
   runtime.set_verbosity(False)
+  runtime.quiet_tensorflow()
   cli.call(lambda: _main(argv))
 
 

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from typing import Iterator
 
@@ -43,6 +44,24 @@ def _holder(path: str) -> str:
   return f" ({text})" if text else ""
 
 
+def _open_lock_file(path: str) -> int:
+  """The lock file, opened without following a link (a `.lock` pointing at
+  /dev/null or another run's lock would lock the wrong thing, or nothing).
+  Anything but a regular file there is refused with one line."""
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # not inherited
+  except OSError as e:
+    kind = ("a symbolic link" if os.path.islink(path) else
+            "a directory" if os.path.isdir(path) else e.strerror)
+    raise errors.WorkdirError(f"{path} is {kind}, not the run's lock file; "
+                              "remove it and run again") from None
+  mode = os.fstat(fd).st_mode
+  if not stat.S_ISREG(mode):
+    os.close(fd)
+    raise errors.WorkdirError(f"{path} is not a regular file; remove it and run again")
+  return fd
+
+
 @contextlib.contextmanager
 def hold(workdir: str, *, enabled: bool = True) -> Iterator[None]:
   """Holds `<workdir>/.lock` exclusively for the duration of the block.
@@ -55,7 +74,7 @@ def hold(workdir: str, *, enabled: bool = True) -> Iterator[None]:
     return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+  fd = _open_lock_file(path)
   try:
     locked = True
     try:

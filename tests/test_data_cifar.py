@@ -286,6 +286,21 @@ def test_download_false_never_connects(tmp_path, server, monkeypatch):
   assert server.log == [] and not os.path.exists(tmp_path / "downloads")
 
 
+@pytest.mark.parametrize("copied", ["empty_folder", "info_without_shards"])
+def test_half_copied_version_folder_is_the_offline_message(tmp_path, copied):
+  """A `cifar10/<version>/` folder copied only in part, with download off: the
+  data error naming the incomplete folder, never tfds's KeyError."""
+  folder = tmp_path / "cifar10" / cifar._version()
+  folder.mkdir(parents=True)
+  if copied == "info_without_shards":
+    (folder / "dataset_info.json").write_text("{}")
+  with pytest.raises(cifar.CifarUnavailableError) as err:
+    cifar.load_classes([1], str(tmp_path), download=False)
+  msg = str(err.value)
+  _assert_offline_routes(msg, str(tmp_path))
+  assert "incomplete" in msg.splitlines()[0] and err.value.exit_code == 2
+
+
 def test_unreachable_server_fails_fast_with_offline_routes(tmp_path, monkeypatch):
   probe = socket.socket()
   probe.bind(("127.0.0.1", 0))

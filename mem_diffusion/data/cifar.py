@@ -165,8 +165,11 @@ def _prepare(builder, data_dir: str, download: bool) -> None:
   archive = manual_archive_path(data_dir)
   manual = os.path.exists(archive)
   if not manual and not download:
+    partial = os.path.join(data_dir, "cifar10", _version())
+    found = (f"{partial} is there but incomplete (a half-finished copy?), and "
+             if os.path.isdir(partial) else "")
     raise CifarUnavailableError(_missing_data_message(
-        data_dir, "data.download=False forbids fetching it (set it to True "
+        data_dir, f"{found}data.download=False forbids fetching it (set it to True "
         "where this machine reaches the internet)"))
   url = _download_url(builder)
   if not manual:
@@ -218,8 +221,15 @@ def load_classes(classes, data_dir: str = "", download: bool = True
 
   try:
     ds = read()
-  except AssertionError:  # tfds: the dataset is not prepared in data_dir
-    _prepare(tfds.builder("cifar10", data_dir=data_dir), data_dir, download)
+  except (AssertionError, KeyError):  # tfds: not prepared, or a half-copied version folder
+    try:
+      builder = tfds.builder("cifar10", data_dir=data_dir)
+    except AssertionError as e:  # its dataset_info.json cannot be read
+      partial = os.path.join(data_dir, "cifar10", _version())
+      raise CifarUnavailableError(_missing_data_message(
+          data_dir, f"{partial} is there but incomplete (a half-finished copy?): "
+          "remove it, or copy the whole prepared folder again")) from e
+    _prepare(builder, data_dir, download)
     try:
       ds = read()
     except AssertionError as e:
@@ -228,10 +238,15 @@ def load_classes(classes, data_dir: str = "", download: bool = True
   want = tf.constant(wanted, tf.int64)
   ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], want)))
   images, labels, ids = [], [], []
-  for batch in tfds.as_numpy(ds.batch(4096)):
-    images.append(batch["image"])
-    labels.append(batch["label"])
-    ids.append(batch["id"])
+  try:
+    for batch in tfds.as_numpy(ds.batch(4096)):
+      images.append(batch["image"])
+      labels.append(batch["label"])
+      ids.append(batch["id"])
+  except tf.errors.OpError as e:  # shards missing or cut short in a copied folder
+    raise CifarUnavailableError(_missing_data_message(
+        data_dir, f"the copy there cannot be read ({_reason(e)}); copy the whole "
+        "prepared folder again")) from e
   if not images:
     return {c: (np.zeros((0, CIFAR_SIZE, CIFAR_SIZE, 3), np.uint8),
                 np.zeros((0,), np.int64)) for c in wanted}

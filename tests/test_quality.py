@@ -80,3 +80,21 @@ def test_quality_rejects_mismatched_sets(sets):
   train, heldout, clean, _ = sets
   with pytest.raises(ValueError, match="sizes differ"):
     quality.quality_report(clean, heldout, np.zeros((5, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("num_heldout,available,expected", [
+    (1, 300, "eval.num_heldout=1 allows fewer than the 4"),
+    (1000, 2, "fewer than 4 held-out real images of the original class exist"),
+])
+def test_missing_quality_names_the_limit_that_applied(sets, tmp_path, num_heldout, available,
+                                                      expected):
+  """The report says whether the setting or the data left too few held-out images."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import evaluate  # pylint: disable=g-import-not-at-top
+  train, heldout, samples, _ = sets
+  eval_cfg = default.get_config().eval
+  eval_cfg.num_heldout = num_heldout
+  kept = heldout[:min(num_heldout, available)]
+  report = evaluate.evaluate_arrays(samples[:32], train, kept if len(kept) >= 4 else None,
+                                    eval_cfg=eval_cfg, out_dir=str(tmp_path))
+  assert expected in report["quality"]["unavailable"]

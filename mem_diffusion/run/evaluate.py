@@ -74,10 +74,15 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
   os.makedirs(out_dir, exist_ok=True)
   if heldout is None or heldout.shape[0] < _MIN_HELDOUT:
     # E.g. 2k cars + 4k more cars uses all 6,000 CIFAR-10 cars: no real car is
-    # left that the model has not seen. Say so rather than compare with train.
-    report["quality"] = {"unavailable": "fewer than "
-                         f"{_MIN_HELDOUT} held-out real images of the original class exist "
-                         "for this train set"}
+    # left that the model has not seen. Say so rather than compare with train;
+    # and say which limit it was, the data's or the setting's.
+    if eval_cfg.num_heldout < _MIN_HELDOUT:
+      why = (f"eval.num_heldout={eval_cfg.num_heldout} allows fewer than the {_MIN_HELDOUT} "
+             "held-out real images the quality figure needs")
+    else:
+      why = (f"fewer than {_MIN_HELDOUT} held-out real images of the original class exist "
+             "for this train set")
+    report["quality"] = {"unavailable": why}
   else:
     report["quality"] = quality.quality_report(
         samples, heldout, train_images, figure_path=os.path.join(out_dir, "distance_cdf.png"))

@@ -6,45 +6,35 @@
 On the first device it times the real jitted train step of the IDDPM CIFAR
 recipe (`train.build`, UNet-128, class-conditional with 10 classes, global
 batch 128) in float32 and with bfloat16 compute, the forward pass at batch
-128, one ancestral sampling step at a sampling batch, and a bfloat16 matmul
-that stands for the device's attainable peak (MFU = XLA's FLOP count of the
-step per second / that matmul's rate, both measured in this process; on a
-CPU without native bf16 that matmul is emulated, so the smoke run's MFU can
-exceed 1 and means nothing there). With
+128, one ancestral sampling step at a sampling batch, and a bfloat16 matmul.
+MFU is reported against two named peaks (gpu_check_report.py): the vendor's
+dense spec peak for the device and dtype, and that matmul's measured rate
+(on a CPU without native bf16 the matmul is emulated, so the smoke run's
+MFU against it can exceed 1 and means nothing there). With
 `--reference_dir` naming an improved-diffusion checkout (a folder holding the
 `improved_diffusion` package) and PyTorch importable, it times the PyTorch
 reference built with the same settings on the same device, in a child process
 (benchmarks/torch_reference.py). From the rates it projects
 the wall time of 100k training steps, of 4,000 samples (full 4000-step chain
-and 250 respaced steps) and of the seed study. Every timing is the best of
-several repeats after a warm-up. `<out_dir>/gpu_check.json` and
-`gpu_check.md` are rewritten after every phase, so a run cut short keeps what
-it measured. It is meant to finish within 8 minutes on one H100/H200-class
-GPU (compiles included); no GPU run has been timed yet.
+and 250 respaced steps) and of the README's seed study (7 configs x 3 seeds).
+Every timing is the best of several repeats after a warm-up.
+`<out_dir>/gpu_check.json` and `gpu_check.md` are rewritten after every
+phase, so a run cut short keeps what it measured. It is meant to finish
+within 8 minutes on one H100/H200-class GPU (compiles included).
 
 Batches are synthetic (float32 images in [-1, 1], NHWC, int32 labels, as the
 input pipeline delivers them), so neither TensorFlow nor the data modules are
 imported; the JSON records that (`tensorflow_imported`).
 
-What this path imports (the JSON lists it, `requirement_modules_imported`):
-jax, flax, optax, orbax-checkpoint, absl-py, numpy (torch for the reference),
-and ml-collections (the config and train modules) with the PyYAML it imports.
-For a bare CUDA image without the last two, download their wheels on a
-machine with PyPI access into the repository's ignored `.whl/` folder;
-gpu_check.sh installs them from there (or, where pip refuses, imports them
-straight from the wheels):
-
-  pip download --dest .whl --only-binary=:all: --no-deps \
-    --python-version 3.12 --implementation cp --abi cp312 \
-    --platform manylinux2014_x86_64 ml-collections PyYAML
-
-(`.whl/` is git-ignored: name it among the paths carried to the machine.)
+It runs on a bare accelerator image with JAX, flax, optax and orbax-checkpoint
+(with the absl-py, chex, numpy and PyYAML they bring) and nothing carried but
+the repository: where ml-collections is missing, a stand-in takes its place
+for this process (config_stand_in.py; the JSON says which, `config_library`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -61,14 +51,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+# The repository and benchmarks/, however the script was started.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_HERE), _HERE]
+
+import config_stand_in  # pylint: disable=g-import-not-at-top,g-bad-import-order
+CONFIG_LIBRARY = config_stand_in.install()  # before any module that imports ml_collections
 
 from configs import default  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from mem_diffusion.run import parallel  # pylint: disable=g-import-not-at-top
-from mem_diffusion import validate  # pylint: disable=g-import-not-at-top
+from mem_diffusion import validate as config_lib  # pylint: disable=g-import-not-at-top
 from mem_diffusion.diffusion import samplers  # pylint: disable=g-import-not-at-top
 from mem_diffusion.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
-from timing import best_seconds  # pylint: disable=g-import-not-at-top  # benchmarks/ is sys.path[0]
+import gpu_check_report as report  # pylint: disable=g-import-not-at-top
+from timing import best_seconds  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_string("out_dir", "gpu_check_out", "Where gpu_check.json and gpu_check.md go.")
 flags.DEFINE_string("reference_dir", "", "An improved-diffusion checkout (folder holding "
@@ -77,10 +73,7 @@ flags.DEFINE_bool("smoke", False, "Tiny model, batch and matmul: checks the code
 flags.DEFINE_integer("sample_batch", 1000, "Images per sampling step (full mode).")
 FLAGS = flags.FLAGS
 
-DTYPES = ("float32", "bfloat16")
-STUDY_CONFIGS = 13  # cars_2k + {gm, hybrid, cars_plus, geometric} x {1k, 2k, 4k}
-STUDY_SEEDS = 3
-RESPACED_STEPS = 250
+DTYPES = report.DTYPES
 # Top-level modules of requirements.txt: which of them the check pulled in.
 REQUIREMENT_MODULES = ("jax", "jaxlib", "flax", "optax", "orbax", "chex", "ml_collections",
                        "yaml", "absl", "numpy", "tensorflow", "tensorflow_datasets", "clu",
@@ -103,7 +96,8 @@ def check_config(smoke: bool):
     config.model.attention_resolutions = (16,)
     config.model.num_heads = 2
     config.training.batch_size = 4
-  validate.validate_config(config, data_checks=False)
+  if CONFIG_LIBRARY == "ml_collections":  # the stand-in checks nothing; the CPU test does
+    config_lib.validate_config(config, data_checks=False)
   return config
 
 
@@ -161,7 +155,7 @@ def matmul_tflops(n: int, device, repeats: int) -> float:
   return 2.0 * n ** 3 / s / 1e12
 
 
-def measure_train(config, mesh, state, batch, peak_tflops, repeats, iters):
+def measure_train(config, mesh, state, batch, peaks, repeats, iters):
   """Compiles and times one dtype's train step; returns (row, state after the runs)."""
   model, diffusion, step_fn, _ = train_api(config, mesh)
   compiled, compile_s = compile_timed(step_fn, state, batch)
@@ -179,17 +173,15 @@ def measure_train(config, mesh, state, batch, peak_tflops, repeats, iters):
   model_flops = 3 * flops_lib.forward_flops(model, config.data.image_size, b)
   row = {"batch_size": b, "compile_seconds": compile_s, "seconds_per_step": seconds,
          "images_per_second": b / seconds, "xla_flops_per_step": flops,
-         "tflops_per_second": flops / seconds / 1e12,
-         "mfu": flops / seconds / 1e12 / peak_tflops,
          "model_flops_per_step": model_flops,
-         "model_mfu": model_flops / seconds / 1e12 / peak_tflops,
+         **report.mfu_fields(flops, model_flops, seconds, *peaks),
          "xla_memory_bytes": xla_memory_bytes(compiled),
          "device_peak_bytes_so_far": device_peak_bytes(mesh.devices.flat[0]),
          "loss": float(stats["loss_sum"] / stats["count"])}
   return row, holder["state"], model, diffusion
 
 
-def measure_inference(model, diffusion, params, batch_size, image_size, device, peak_tflops,
+def measure_inference(model, diffusion, params, batch_size, image_size, device, peaks,
                       repeats, iters, *, sampling_step: bool):
   """The network's forward pass, or one full ancestral step, on `batch_size` images."""
   rng = np.random.default_rng(1)
@@ -216,42 +208,18 @@ def measure_inference(model, diffusion, params, batch_size, image_size, device, 
   model_flops = flops_lib.forward_flops(model, image_size, batch_size)
   key = "image_steps_per_second" if sampling_step else "images_per_second"
   return {"batch_size": batch_size, "compile_seconds": compile_s, "seconds": seconds,
-          key: batch_size / seconds, "xla_flops": flops,
-          "tflops_per_second": flops / seconds / 1e12,
-          "mfu": flops / seconds / 1e12 / peak_tflops,
-          "model_flops": model_flops, "model_mfu": model_flops / seconds / 1e12 / peak_tflops,
+          key: batch_size / seconds, "xla_flops": flops, "model_flops": model_flops,
+          **report.mfu_fields(flops, model_flops, seconds, *peaks),
           "xla_memory_bytes": xla_memory_bytes(compiled)}
 
 
-def projections(result: dict, config) -> dict:
-  """Hours of the study's pieces on this device, per compute dtype."""
-  out = {}
-  steps = config.diffusion.steps
-  n_train = config.training.num_steps
-  n_samples = config.sampling.num_samples
-  for dtype in DTYPES:
-    train = result["train"].get(dtype)
-    samp = result["sampling_step"].get(dtype)
-    if not (train and samp):
-      continue
-    train_h = n_train * train["seconds_per_step"] / 3600
-    rate = samp["image_steps_per_second"]
-    full_h = n_samples * steps / rate / 3600
-    respaced_h = n_samples * RESPACED_STEPS / rate / 3600
-    runs = STUDY_CONFIGS * STUDY_SEEDS
-    out[dtype] = {"train_steps": n_train, "train_hours": train_h,
-                  "samples": n_samples, "sample_full_chain_hours": full_h,
-                  "sample_respaced_250_hours": respaced_h,
-                  "study_runs": runs,
-                  "study_full_chain_hours": runs * (train_h + full_h),
-                  "study_respaced_250_hours": runs * (train_h + respaced_h)}
-  return out
-
-
 def modules_report() -> dict:
-  return {"tensorflow_imported": "tensorflow" in sys.modules,
-          "requirement_modules_imported": sorted(m for m in REQUIREMENT_MODULES
-                                                 if m in sys.modules)}
+  # A None entry is a module made unimportable, not one imported.
+  loaded = {m for m in REQUIREMENT_MODULES if sys.modules.get(m) is not None}
+  if CONFIG_LIBRARY != "ml_collections":  # the stand-in holds that name, not the library
+    loaded.discard("ml_collections")
+  return {"tensorflow_imported": "tensorflow" in loaded, "config_library": CONFIG_LIBRARY,
+          "requirement_modules_imported": sorted(loaded)}
 
 
 def run_reference(reference_dir: str, config, batch_size: int, repeats: int,
@@ -266,64 +234,6 @@ def run_reference(reference_dir: str, config, batch_size: int, repeats: int,
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": f"torch_reference.py exited {proc.returncode}: {tail}"}
   return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def markdown(r: dict) -> str:
-  """The JSON as one table: rows are measurements, columns the compute dtype."""
-  d, mm, ref = r["device"], r.get("matmul") or {}, r.get("reference") or {}
-  train_b = (r["train"].get("float32") or {}).get("batch_size", "?")
-  samp_b = (r["sampling_step"].get("float32") or {}).get("batch_size", "?")
-
-  gib = 2.0 ** -30
-  # (label, path into the JSON with {dtype} filled in per column, format, scale)
-  rows = [
-      (f"train images/s (batch {train_b})", "train/{dtype}/images_per_second", ".4g", 1),
-      ("train step ms", "train/{dtype}/seconds_per_step", ".4g", 1e3),
-      ("XLA GFLOP per step", "train/{dtype}/xla_flops_per_step", ".4g", 1e-9),
-      ("achieved TFLOP/s", "train/{dtype}/tflops_per_second", ".3g", 1),
-      ("MFU (XLA FLOPs / bf16 matmul rate)", "train/{dtype}/mfu", ".3f", 1),
-      ("MFU (3 x analytic forward FLOPs)", "train/{dtype}/model_mfu", ".3f", 1),
-      ("compile s", "train/{dtype}/compile_seconds", ".1f", 1),
-      ("device peak GiB (high-water mark)", "train/{dtype}/device_peak_bytes_so_far", ".3g", gib),
-      ("XLA memory estimate GiB", "train/{dtype}/xla_memory_bytes", ".3g", gib),
-      (f"forward images/s (batch {train_b})", "forward/{dtype}/images_per_second", ".4g", 1),
-      (f"sampling image-steps/s (batch {samp_b})",
-       "sampling_step/{dtype}/image_steps_per_second", ".4g", 1),
-      ("sampling step MFU (XLA FLOPs)", "sampling_step/{dtype}/mfu", ".3f", 1),
-      ("reference train images/s", "reference/train/{dtype}/images_per_second", ".4g", 1),
-      ("ours / reference, train", "reference/ratios/train_{dtype}", ".2f", 1),
-      ("reference forward images/s", "reference/forward/{dtype}/images_per_second", ".4g", 1),
-      ("ours / reference, forward", "reference/ratios/forward_{dtype}", ".2f", 1),
-      ("h: 100k train steps", "projections/{dtype}/train_hours", ".3g", 1),
-      ("h: 4,000 samples, 4000-step chain", "projections/{dtype}/sample_full_chain_hours",
-       ".3g", 1),
-      ("h: 4,000 samples, 250 steps", "projections/{dtype}/sample_respaced_250_hours", ".3g", 1),
-      (f"h: seed study ({STUDY_CONFIGS} configs x {STUDY_SEEDS} seeds), full chain",
-       "projections/{dtype}/study_full_chain_hours", ".3g", 1),
-      ("h: seed study, 250-step sampling", "projections/{dtype}/study_respaced_250_hours",
-       ".3g", 1),
-  ]
-
-  def cell(path: str, dtype: str, fmt: str, scale: float) -> str:
-    v: Any = r
-    for k in path.format(dtype=dtype).split("/"):
-      v = v.get(k) if isinstance(v, dict) else None
-    return "-" if v is None else format(v * scale, fmt)
-
-  head = (f"{d['device_kind']} ({d['platform']}); jax {d['jax']}, jaxlib {d['jaxlib']}, "
-          f"flax {d['flax']}; XLA_FLAGS={d['xla_flags'] or '(none)'}; "
-          f"bf16 {mm.get('n')}^3 matmul {mm.get('tflops_per_second', math.nan):.4g} TFLOP/s; "
-          f"{r['model'].get('num_params', 0) / 1e6:.3g} M params; mode {r['mode']}; "
-          f"wall {r.get('wall_seconds', 0):.0f} s; "
-          f"tensorflow imported: {r['tensorflow_imported']}.")
-  if "torch" in ref:
-    head += f" Reference: torch {ref['torch']} on {ref['device']}."
-  elif "error" in ref:
-    head += f" Reference not run: {ref['error']}."
-  lines = [head, "", "| measurement | float32 | bfloat16 |", "|---|---|---|"]
-  lines += ["| " + " | ".join([label] + [cell(path, dt, fmt, scale) for dt in DTYPES]) + " |"
-            for label, path, fmt, scale in rows]
-  return "\n".join(lines) + "\n"
 
 
 def main(argv):
@@ -360,11 +270,12 @@ def main(argv):
   def write():
     result["wall_seconds"] = time.perf_counter() - start
     result.update(modules_report())
-    result["projections"] = projections(result, config)
+    result["projections"] = report.projections(
+        result, config.training.num_steps, config.diffusion.steps, config.sampling.num_samples)
     with open(os.path.join(FLAGS.out_dir, "gpu_check.json"), "w") as f:
       json.dump(result, f, indent=1)
     with open(os.path.join(FLAGS.out_dir, "gpu_check.md"), "w") as f:
-      f.write(markdown(result))
+      f.write(report.markdown(result))
 
   n = 256 if smoke else 8192
   result["matmul"] = {"n": n, "dtype": "bfloat16",
@@ -385,14 +296,18 @@ def main(argv):
   for dtype in DTYPES[::-1]:
     cfg = config.copy_and_resolve_references()
     cfg.model.compute_dtype = dtype
-    row, state, model, diffusion = measure_train(cfg, mesh, state, batch, peak, repeats, iters)
+    peaks = (peak, report.spec_peak(device.device_kind, dtype,
+                                    result["device"]["jax_default_matmul_precision"]))
+    row, state, model, diffusion = measure_train(cfg, mesh, state, batch, peaks, repeats, iters)
     result["train"][dtype] = row
-    print(f"[gpu_check] train {dtype}: {row['images_per_second']:.4g} images/s, "
-          f"MFU {row['mfu']:.3f}, compile {row['compile_seconds']:.1f} s", flush=True)
+    vs_spec = "" if row["mfu_vs_spec"] is None else f"{row['mfu_vs_spec']:.3f} vs spec peak, "
+    print(f"[gpu_check] train {dtype}: {row['images_per_second']:.4g} images/s, MFU {vs_spec}"
+          f"{row['mfu_vs_matmul']:.3f} vs measured matmul, compile "
+          f"{row['compile_seconds']:.1f} s", flush=True)
     write()
     for name, bs, is_step in (("forward", fwd_batch, False),
                               ("sampling_step", sample_batch, True)):
-      r = measure_inference(model, diffusion, state.ema_params, bs, size, device, peak,
+      r = measure_inference(model, diffusion, state.ema_params, bs, size, device, peaks,
                             repeats, max(iters // 3, 1), sampling_step=is_step)
       result[name][dtype] = r
       print(f"[gpu_check] {name} {dtype} batch {bs}: {r['seconds'] * 1e3:.4g} ms", flush=True)

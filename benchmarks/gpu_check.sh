@@ -3,9 +3,9 @@
 #
 #   bash benchmarks/gpu_check.sh --out_dir=gpu_check_out [--reference_dir=DIR]
 #
-# On an image without ml-collections / PyYAML, their wheels are installed from
-# the repository's .whl/ folder when it is there (the `pip download` command
-# that fills it is in gpu_check.py's docstring); nothing is fetched.
+# Needs JAX with its accelerator plugin, flax, optax and orbax-checkpoint:
+# what a bare accelerator image has. ml-collections and TensorFlow are not
+# needed (gpu_check.py says why), and nothing is installed or fetched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,17 +18,14 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export XLA_FLAGS="${XLA_FLAGS:-}"
 
 PYTHON="${PYTHON:-python3}"
-have_deps() { "$PYTHON" -c "import ml_collections, yaml" 2>/dev/null; }
-if ! have_deps && [ -d .whl ]; then
-  if ! "$PYTHON" -m pip install --no-index --find-links .whl ml-collections PyYAML; then
-    # pip refused (say, an externally managed system Python): both import
-    # straight from their wheels (PyYAML then uses its pure-Python parser).
-    PYTHONPATH="$(printf '%s:' "$PWD"/.whl/*.whl)${PYTHONPATH:-}"
-    export PYTHONPATH="${PYTHONPATH%:}"
-  fi
-fi
-if ! have_deps; then
-  echo "error: ml-collections / PyYAML missing and not installable from .whl/ (see benchmarks/gpu_check.py)" >&2
+missing=$("$PYTHON" - <<'PY'
+import importlib.util
+print(" ".join(m for m in ("jax", "flax", "optax", "orbax.checkpoint", "absl", "numpy")
+               if importlib.util.find_spec(m.split(".")[0]) is None))
+PY
+)
+if [ -n "$missing" ]; then
+  echo "error: $PYTHON lacks $missing (the check needs JAX, flax, optax and orbax-checkpoint)" >&2
   exit 2
 fi
 exec "$PYTHON" benchmarks/gpu_check.py "$@"

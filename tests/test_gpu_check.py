@@ -1,18 +1,21 @@
 """benchmarks/gpu_check.py --smoke: the accelerator check's code path, on CPU.
 
 The GPU run happens rarely and on borrowed time, so everything it does except
-the sizes is exercised here: one smoke run in a subprocess, then checks on the
-JSON and the table it writes. The PyTorch reference path runs too when torch
-is importable and MEM_DIFFUSION_REFERENCE_DIR names an improved-diffusion
-checkout (CI has neither).
+the sizes is exercised here: one smoke run in a subprocess, as on a bare
+accelerator image (ml_collections and tensorflow made unimportable), then
+checks on the JSON and the table it writes. The PyTorch reference path runs
+too when torch is importable and MEM_DIFFUSION_REFERENCE_DIR names an
+improved-diffusion checkout (CI has neither).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -23,10 +26,15 @@ from mem_diffusion import cpu_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = ("float32", "bfloat16")
 # What the train step, forward and sampling step may import: the packages of a
-# bare CUDA image with JAX, plus ml-collections and the PyYAML it imports
-# (torch stays in the reference's child process).
-ALLOWED_MODULES = {"jax", "jaxlib", "flax", "optax", "orbax", "chex", "absl", "numpy",
-                   "ml_collections", "yaml"}
+# bare accelerator image with JAX, flax, optax and orbax (and what they bring:
+# absl, chex, numpy, PyYAML); torch stays in the reference's child process.
+ALLOWED_MODULES = {"jax", "jaxlib", "flax", "optax", "orbax", "chex", "absl", "numpy", "yaml"}
+# A prelude that makes this Python an image without ml-collections and TensorFlow.
+BARE_IMAGE = ("import os, runpy, sys\n"
+              "sys.modules['ml_collections'] = sys.modules['tensorflow'] = None\n"
+              f"sys.path[0] = {os.path.join(ROOT, 'benchmarks')!r}\n")
+RUN_SCRIPT = "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+STUDY = ["cars_2k", "gm_1k", "gm_2k", "gm_4k", "hybrid_1k", "hybrid_2k", "hybrid_4k"]
 REFERENCE_DIR = os.environ.get("MEM_DIFFUSION_REFERENCE_DIR", "")
 RUN_REFERENCE = bool(REFERENCE_DIR) and importlib.util.find_spec("torch") is not None
 
@@ -34,8 +42,8 @@ RUN_REFERENCE = bool(REFERENCE_DIR) and importlib.util.find_spec("torch") is not
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp("gpu_check"))
-  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--smoke",
-         f"--out_dir={out_dir}"]
+  cmd = [sys.executable, "-c", BARE_IMAGE + RUN_SCRIPT,
+         os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--smoke", f"--out_dir={out_dir}"]
   if RUN_REFERENCE:
     cmd.append(f"--reference_dir={REFERENCE_DIR}")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
@@ -70,12 +78,32 @@ def test_environment_is_recorded(smoke):
   assert _positive(result["wall_seconds"])
 
 
-def test_no_tensorflow_and_only_bare_image_packages(smoke):
-  result, _, _ = smoke
+def test_runs_on_a_bare_image_without_ml_collections_or_tensorflow(smoke):
+  result, table, _ = smoke
   assert result["tensorflow_imported"] is False
+  assert result["config_library"].startswith("stand-in")
+  assert "config library: stand-in" in table
   imported = set(result["requirement_modules_imported"])
-  assert {"jax", "flax", "optax", "ml_collections"} <= imported
+  assert {"jax", "flax", "optax", "orbax"} <= imported
   assert imported <= ALLOWED_MODULES, imported - ALLOWED_MODULES
+
+
+def test_the_stand_in_builds_the_config_the_library_validates(monkeypatch):
+  """The bare-image run measures the recipe that ml_collections validates here."""
+  monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+  import gpu_check  # pylint: disable=g-import-not-at-top
+  assert gpu_check.CONFIG_LIBRARY == "ml_collections"
+  real = gpu_check.check_config(smoke=False).to_dict()  # validated on the way
+  dump = ("import json, gpu_check\n"
+          "print(gpu_check.CONFIG_LIBRARY)\n"
+          "print(json.dumps(gpu_check.check_config(smoke=False).to_dict()))\n")
+  proc = subprocess.run(
+      [sys.executable, "-c", BARE_IMAGE + dump], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  library, config = proc.stdout.strip().splitlines()[-2:]
+  assert library.startswith("stand-in")
+  assert json.loads(config) == json.loads(json.dumps(real))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -89,13 +117,15 @@ def test_train_step_rates(smoke, dtype):
   # No upper bound: the denominator is a timed bf16 matmul, which on a CPU
   # without native bf16 is emulated and slower than an fp32 conv step (CI
   # measured MFU 1.22 there). The exact relations below hold on any machine.
-  assert row["mfu"] > 0 and row["model_mfu"] > 0
-  assert row["model_mfu"] / row["mfu"] == pytest.approx(
+  assert row["mfu_vs_matmul"] > 0 and row["model_mfu_vs_matmul"] > 0
+  assert row["model_mfu_vs_matmul"] / row["mfu_vs_matmul"] == pytest.approx(
       row["model_flops_per_step"] / row["xla_flops_per_step"])
+  # A CPU has no spec peak: those fields are there, empty.
+  assert row["spec_peak"] is None and row["mfu_vs_spec"] is None
   # XLA's count and 3 x the analytic forward count describe the same step.
   assert 0.8 < row["xla_flops_per_step"] / row["model_flops_per_step"] < 1.25
   assert row["images_per_second"] == pytest.approx(4 / row["seconds_per_step"])
-  assert row["mfu"] == pytest.approx(
+  assert row["mfu_vs_matmul"] == pytest.approx(
       row["tflops_per_second"] / result["matmul"]["tflops_per_second"])
   assert math.isfinite(row["loss"]) and row["loss"] > 0
   assert row["device_peak_bytes_so_far"] is None  # CPU reports no memory stats
@@ -113,9 +143,10 @@ def test_forward_and_sampling_rates(smoke, dtype):
   assert samp["xla_flops"] > fwd["xla_flops"]
   peak = result["matmul"]["tflops_per_second"]
   for row in (fwd, samp):  # no upper bound on CPU: see test_train_step_rates
-    assert row["mfu"] > 0 and row["model_mfu"] > 0
-    assert row["mfu"] == pytest.approx(row["tflops_per_second"] / peak)
-    assert row["model_mfu"] / row["mfu"] == pytest.approx(row["model_flops"] / row["xla_flops"])
+    assert row["mfu_vs_matmul"] > 0 and row["model_mfu_vs_matmul"] > 0
+    assert row["mfu_vs_matmul"] == pytest.approx(row["tflops_per_second"] / peak)
+    assert row["model_mfu_vs_matmul"] / row["mfu_vs_matmul"] == pytest.approx(
+        row["model_flops"] / row["xla_flops"])
   assert 0.8 < fwd["xla_flops"] / fwd["model_flops"] < 1.25
 
 
@@ -124,15 +155,16 @@ def test_projections_follow_from_the_rates(smoke, dtype):
   result, _, _ = smoke
   p = result["projections"][dtype]
   train, samp = result["train"][dtype], result["sampling_step"][dtype]
-  assert p["train_steps"] == 100_000 and p["samples"] == 4000 and p["study_runs"] == 39
+  assert p["train_steps"] == 100_000 and p["samples"] == 4000 and p["study_runs"] == 21
+  assert p["study_configs"] == STUDY
   assert p["train_hours"] == pytest.approx(100_000 * train["seconds_per_step"] / 3600)
   assert p["sample_full_chain_hours"] == pytest.approx(
       4000 * 4000 / samp["image_steps_per_second"] / 3600)
   assert p["sample_respaced_250_hours"] == pytest.approx(p["sample_full_chain_hours"] / 16)
   assert p["study_full_chain_hours"] == pytest.approx(
-      39 * (p["train_hours"] + p["sample_full_chain_hours"]))
+      21 * (p["train_hours"] + p["sample_full_chain_hours"]))
   assert p["study_respaced_250_hours"] == pytest.approx(
-      39 * (p["train_hours"] + p["sample_respaced_250_hours"]))
+      21 * (p["train_hours"] + p["sample_respaced_250_hours"]))
 
 
 def test_markdown_table(smoke):
@@ -144,7 +176,12 @@ def test_markdown_table(smoke):
   train_row = rows["train images/s (batch 4)"]
   assert f"{result['train']['float32']['images_per_second']:.4g}" in train_row
   assert f"{result['train']['bfloat16']['images_per_second']:.4g}" in train_row
-  assert "MFU (XLA FLOPs / bf16 matmul rate)" in rows and "h: 100k train steps" in rows
+  measured = f"{result['matmul']['tflops_per_second']:.4g} TFLOP/s"
+  assert f"MFU vs measured bf16 matmul, {measured} (XLA FLOPs)" in rows
+  assert rows["MFU vs spec peak (XLA FLOPs)"].count("| - ") == 2  # none for a CPU
+  assert "spec peaks: none listed for this device" in lines[0]
+  assert "h: seed study (7 configs x 3 seeds = 21 runs), full chain" in rows
+  assert "h: 100k train steps" in rows
   assert "gpu_check.md" in stdout
 
 
@@ -172,3 +209,60 @@ def test_a_failing_reference_is_reported_not_raised(tmp_path, monkeypatch):
   assert set(ref) == {"error"}
   assert ref["error"].startswith("torch_reference.py exited 1: ")
   assert ("torch" in ref["error"]) or ("improved_diffusion" in ref["error"])
+
+
+def _report():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    return importlib.import_module("gpu_check_report")
+  finally:
+    sys.path.pop(0)
+
+
+def test_study_is_the_readme_sweep():
+  """The projection's 7 x 3 runs are the README's study, each a 100k-step, 4,000-sample run."""
+  report = _report()
+  with open(os.path.join(ROOT, "README.md")) as f:
+    readme = f.read()
+  section = readme[readme.index("## The full-scale experiments"):]
+  command = re.search(r"python -m mem_diffusion.sweep --root=runs/study --seeds=(\S+) \\\n"
+                      r"\s*--configs=(\S+)", section)
+  assert command, "the README's study command moved"
+  assert len(command.group(1).split(",")) == report.STUDY_SEEDS
+  names = [c.removeprefix("configs/").removesuffix(".py") for c in command.group(2).split(",")]
+  assert names == list(report.STUDY_CONFIGS) == STUDY
+  for name in names:
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert (config.training.num_steps, config.training.batch_size, config.sampling.num_samples,
+            config.diffusion.steps) == (100_000, 128, 4000, 4000), name
+
+
+@pytest.mark.parametrize("kind,dtype,precision,peak", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", "None", 989.4),
+    ("NVIDIA H100 80GB HBM3", "float32", "None", 494.7),  # TF32 under the default precision
+    ("NVIDIA H100 80GB HBM3", "float32", "highest", 66.9),
+    ("NVIDIA H200", "bfloat16", "None", 989.4),
+    ("NVIDIA H100 PCIe", "bfloat16", "None", 756.5),
+    ("NVIDIA A100-SXM4-80GB", "float32", "None", 156.0),
+    ("TPU v5 lite", "bfloat16", "None", 197.0),
+    ("TPU v5 lite", "float32", "None", None),
+    ("NVIDIA H100 NVL", "bfloat16", "None", None),
+    ("cpu", "bfloat16", "None", None),
+])
+def test_spec_peaks(kind, dtype, precision, peak):
+  spec = _report().spec_peak(kind, dtype, precision)
+  assert (spec and spec[0]) == peak
+  if peak:
+    assert f"{peak:g} TFLOP/s" in spec[1] and "dense" in spec[1]
+
+
+def test_mfu_names_both_peaks():
+  """A step at 400 TFLOP/s on an H100 SXM whose bf16 matmul measured 800."""
+  report = _report()
+  spec = report.spec_peak("NVIDIA H100 80GB HBM3", "bfloat16", None)
+  row = report.mfu_fields(400e12, 380e12, 1.0, 800.0, spec)
+  assert row["mfu_vs_matmul"] == pytest.approx(0.5)
+  assert row["mfu_vs_spec"] == pytest.approx(400 / 989.4)
+  assert row["mfu_vs_matmul"] / row["mfu_vs_spec"] == pytest.approx(989.4 / 800)  # 1.24x
+  assert row["spec_peak"] == "H100 SXM dense bfloat16 989.4 TFLOP/s"
+  assert row["model_mfu_vs_spec"] == pytest.approx(380 / 989.4)

@@ -8,7 +8,8 @@ failed (corrupt checkpoint, divergence, full disk); 128+signal preempted
 --coordinator_address/--num_processes/--process_id.
 """
 
-from mem_diffusion import huge_pages
+import mem_diffusion.python_version  # pylint: disable=unused-import  # first: one error line on an old Python
+from mem_diffusion import huge_pages  # pylint: disable=g-bad-import-order
 
 if __name__ == "__main__":  # first, before anything allocates: a process-start setting
   huge_pages.reexec_with_huge_pages()

@@ -16,6 +16,7 @@ import pytest
 
 from mem_diffusion import errors
 from mem_diffusion.experiments import sweep
+from mem_diffusion.experiments import workers
 from mem_diffusion.run import train
 
 # 8x8 toy model, a 20-step chain and 8 training steps: seconds per run.
@@ -169,14 +170,14 @@ def test_parallel_jobs_run_in_workers_and_resume(tmp_path, monkeypatch):
   def no_worker(*args, **kwargs):
     raise AssertionError("a finished run started a worker")
 
-  monkeypatch.setattr(sweep.subprocess, "Popen", no_worker)
+  monkeypatch.setattr(workers, "worker_command", no_worker)
   again = sweep.sweep(specs, [0], root, MICRO, jobs=2, compile_cache="none")
   assert [r["replicate_ratio"] for r in again] == [r["replicate_ratio"] for r in rows]
 
 
 def _fake_workers(monkeypatch, script):
   """Workers that run `script` instead of a training run (the parent's bookkeeping only)."""
-  monkeypatch.setattr(sweep, "_worker_command", lambda *a, **k: [sys.executable, "-c", script])
+  monkeypatch.setattr(workers, "worker_command", lambda *a, **k: [sys.executable, "-c", script])
 
 
 def test_parallel_failures_are_reported_after_the_others(tmp_path, monkeypatch, capsys):

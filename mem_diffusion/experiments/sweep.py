@@ -12,18 +12,26 @@ config (e.g. `--set training.num_steps=...` changed) is sampled and evaluated
 again after training resumes. `--set key=value` overrides apply to every
 config, after the preset's own (mem_diffusion/experiments/study.py).
 
-`--jobs=1` (default) runs one run after another in this process. `--jobs=J`
-runs each in a subprocess of this module (`--worker`), at most J at once, its
-output appended to `<workdir>/sweep.log`; with J <= the CPU count, worker w is
+`--jobs=1` (default) runs one run after another in this process, on every
+local device. `--jobs=J` runs each in a subprocess of this module
+(`--worker`, experiments/workers.py), at most J at once, its output appended
+to `<workdir>/sweep.log`. On a CPU host, with J <= the CPU count, worker w is
 pinned to core w % count. The toy step is compute-bound but too small to
 keep two cores busy: one unpinned process runs at ~32 ms/step, two pinned ones
 at ~44 ms/step each, 1.45x the throughput (docs/benchmarks.md, "Toy run").
+On a GPU host worker w gets `--devices_per_run` GPUs of its own
+(CUDA_VISIBLE_DEVICES; experiments/devices.py counts them without starting
+JAX here), and J x that must fit the host; a TPU host runs --jobs=1.
 A failed run prints its log's last lines and the others go on; the sweep then
 exits 1 naming it. Ctrl-C / SIGTERM stops the workers, which save (a rerun
 resumes). XLA's CPU results depend on its thread count, which pinning sets:
 a pinned worker and an unpinned main.py run of one config differ in the last
 bits (measured: the same final loss to 5 significant digits), so J is part of what makes a
 sweep bit-reproducible.
+
+`--cluster=slurm` submits the unfinished runs as one SLURM array through
+submitit and returns; the same command run again collects the finished runs
+into the summary and figures (experiments/slurm.py).
 
 Outputs in <root>, rewritten after every run so a partial sweep is readable:
 `summary.csv` (one row per run), `summary.json` (the rows and the per-config
@@ -43,12 +51,12 @@ run's training.
 
 from __future__ import annotations
 
+import mem_diffusion.python_version  # pylint: disable=unused-import  # first: one error line on an old Python
+
 import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any, Sequence
 
@@ -60,9 +68,10 @@ from mem_diffusion.run import cli
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion.run import runtime
+from mem_diffusion.experiments import devices as devices_lib
 from mem_diffusion.experiments import study
+from mem_diffusion.experiments import workers
 from mem_diffusion.config_loading import apply_override, load_config
-from mem_diffusion.run.workdir import Workdir
 
 PRESETS = study.PRESETS
 FLAGS = flags.FLAGS
@@ -78,14 +87,21 @@ def _define_flags() -> None:
   flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) to run for every config.")
   flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
   flags.DEFINE_multi_string("set", [], "key=value override for every config, e.g. training.num_steps=500.")
-  flags.DEFINE_integer("jobs", 1, "Runs at once, each in a pinned subprocess (1 = in this process).",
-                       lower_bound=1)
+  flags.DEFINE_integer("jobs", 1, "Runs at once, each in a subprocess with a CPU core or GPUs "
+                       "of its own (1 = in this process, on every local device).", lower_bound=1)
+  flags.DEFINE_integer("devices", None, "GPUs on this host (default: counted without starting "
+                       "JAX, from CUDA_VISIBLE_DEVICES or nvidia-smi; 0 = a CPU host).",
+                       lower_bound=0)
+  flags.DEFINE_integer("devices_per_run", 1, "GPUs each run of --jobs > 1 gets.", lower_bound=1)
   flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
                       "'none' = off).")
   flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
   flags.DEFINE_bool("worker", False, "Internal (--jobs > 1): run the one config and seed given, "
                     "without writing the summary.")
   flags.DEFINE_integer("pin_cpu", -1, "Internal: the CPU a --worker runs on (-1: any).")
+  from mem_diffusion.experiments import slurm  # pylint: disable=g-import-not-at-top  # submitit only for the CLI
+  for name in slurm.define_flags():
+    flags.declare_key_flag(name)  # listed by --help beside the sweep's own
 
 
 COLUMNS = ("name", "config", "seed", "dataset", "dummy_kind", "num_dummy", "num_original",
@@ -207,17 +223,24 @@ def _cache_dir(compile_cache: str, root: str) -> str:
 
 def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
           overrides: Sequence[str] = (), *, jobs: int = 1, compile_cache: str = "",
-          verbose: bool = False) -> list[dict[str, Any]]:
+          verbose: bool = False, devices: int | None = None, devices_per_run: int = 1,
+          cluster: str = "none", slurm_options=None) -> list[dict[str, Any]]:
   """Runs every (spec, seed); returns the summary rows (also written to root).
 
-  Raises errors.UserError for every documented failure (a bad config before
-  the first run starts; with jobs = 1 a locked workdir, a corrupt checkpoint
-  or a diverged run when it happens, with the runs before it kept in the
-  summary; with jobs > 1 RunFailedError after all other runs finished).
+  Raises errors.UserError for every documented failure (a bad config or a
+  --jobs the host cannot hold before the first run starts; with jobs = 1 a
+  locked workdir, a corrupt checkpoint or a diverged run when it happens,
+  with the runs before it kept in the summary; with jobs > 1 RunFailedError
+  after all other runs finished). With a cluster, the rows are those of the
+  runs finished so far; the others are queued (slurm.py).
   """
   plan = plan_runs(specs, seeds, root, overrides)
+  cache = _cache_dir(compile_cache, root)
+  if cluster != "none":
+    return _sweep_cluster(plan, root, overrides, cluster, slurm_options, cache, verbose)
   if jobs > 1:
-    return _sweep_parallel(plan, root, overrides, jobs, _cache_dir(compile_cache, root), verbose)
+    slots = devices_lib.slots(devices_lib.detect(override=devices), jobs, devices_per_run)
+    return _sweep_parallel(plan, root, overrides, slots, cache, verbose)
   from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
   runtime.setup(verbose=verbose, compile_cache=_cache_dir(compile_cache, root))
   rows = []
@@ -231,133 +254,49 @@ def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
   return rows
 
 
-# ---------------------------------------------------------------------------
-# --jobs > 1: one subprocess per run.
-
-class SweepStopped(errors.Preempted):
-  """SIGINT/SIGTERM during a parallel sweep: the workers saved and stopped."""
-
-  def __init__(self, signum: int, names: Sequence[str]):
-    errors.UserError.__init__(  # pylint: disable=non-parent-init-called
-        self, f"stopped by signal {signum}; {len(names)} running run(s) saved their state "
-        f"({', '.join(names) or 'none'}): rerun the same command to resume")
-    self.step, self.signum = None, signum
-
-
-def _finished_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-  """The report of a run whose every stage is complete, else None (no worker needed)."""
-  from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
-  try:
-    if not all(stages.is_complete(config, workdir, s) for s in stages.STAGES):
-      return None
-    with open(Workdir(workdir).report_json) as f:
-      return json.load(f)
-  except (errors.UserError, OSError, ValueError):
-    return None  # the worker meets the problem and reports it in the run's log
-
-
-def _log_tail(path: str, lines: int = 12) -> str:
-  try:
-    with open(path, errors="replace") as f:
-      return "".join(f.readlines()[-lines:])
-  except OSError as e:
-    return f"(no log: {e.strerror})\n"
-
-
-def _worker_command(spec: str, seed: int, root: str, overrides: Sequence[str], cache: str,
-                    verbose: bool, cpu: int) -> list[str]:
-  return ([sys.executable, "-m", "mem_diffusion.sweep", "--worker", f"--pin_cpu={cpu}",
-           f"--configs={spec}", f"--seeds={seed}", f"--root={root}", f"--compile_cache={cache}",
-           f"--verbose={str(bool(verbose)).lower()}"] + [f"--set={o}" for o in overrides])
-
-
-def _sweep_parallel(plan, root: str, overrides: Sequence[str], jobs: int, cache: str,
-                    verbose: bool) -> list[dict[str, Any]]:
-  """Runs the plan in at most `jobs` subprocesses; the summary after each run."""
-  runtime.set_verbosity(verbose)
-  cores = sorted(os.sched_getaffinity(0))
-  env = dict(os.environ)
-  package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-  n, pending, running = len(plan), list(enumerate(plan)), {}
-  free_slots, done, failed = list(range(jobs)), {}, []
-  caught: list[int] = []
-  previous = {s: signal.signal(s, lambda signum, _: caught.append(signum))
-              for s in (signal.SIGINT, signal.SIGTERM)}
+def _finish_into(done: dict[int, dict[str, Any]], plan, root: str):
+  """The callback that files run i's row and rewrites the summary."""
 
   def finish(i: int, report: dict[str, Any], seconds: float | None) -> None:
     spec, seed, config, workdir = plan[i]
     done[i] = row(spec, config, seed, workdir, report, seconds)
     write_outputs([done[k] for k in sorted(done)], root)
-    _progress(i + 1, n, config, seed, report, seconds)
+    _progress(i + 1, len(plan), config, seed, report, seconds)
+  return finish
 
-  try:
-    while (pending or running) and not caught:
-      while pending and free_slots and not caught:
-        i, (spec, seed, config, workdir) = pending.pop(0)
-        report = _finished_report(config, workdir)
-        if report is not None:
-          finish(i, report, None)
-          continue
-        slot = free_slots[0]
-        cpu = cores[slot % len(cores)] if jobs <= len(cores) else -1
-        log_path = os.path.join(workdir, "sweep.log")
-        try:
-          os.makedirs(workdir, exist_ok=True)
-          with open(log_path, "a") as log:
-            # Its own session: a terminal's Ctrl-C reaches only this process,
-            # which then stops every worker the same way.
-            proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                _worker_command(spec, seed, root, overrides, cache, verbose, cpu),
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        except OSError as e:
-          failed.append((i, f"{config.name} seed {seed}"))
-          print(f"[{i + 1}/{n}] {config.name} seed {seed}: FAILED to start in {workdir} "
-                f"({e.strerror or e})", file=sys.stderr, flush=True)
-          continue
-        running[proc] = (i, free_slots.pop(0), time.time(), log_path)
-        print(f"[{i + 1}/{n}] {config.name} seed {seed} -> {workdir}"
-              + (f" (cpu {cpu})" if cpu >= 0 else ""), flush=True)
-      for proc in [p for p in running if p.poll() is not None]:
-        i, slot, start, log_path = running.pop(proc)
-        free_slots.append(slot)
-        _, seed, config, workdir = plan[i]
-        report = None
-        if proc.returncode == 0:
-          report = _finished_report(config, workdir)
-        if report is None:
-          failed.append((i, f"{config.name} seed {seed}"))
-          print(_log_tail(log_path), end="", file=sys.stderr, flush=True)
-          print(f"[{i + 1}/{n}] {config.name} seed {seed}: FAILED (exit {proc.returncode}); "
-                f"log: {log_path}", file=sys.stderr, flush=True)
-        else:
-          finish(i, report, time.time() - start)
-      time.sleep(0.2)
-  finally:
-    stopped = [f"{plan[i][2].name} seed {plan[i][1]}" for i, *_ in running.values()]
-    for proc in running:
-      proc.terminate()  # train.py saves on SIGTERM, then exits
-    # Saving takes seconds; a second signal (or 5 minutes) kills the rest.
-    deadline, signals = time.time() + 300, len(caught)
-    while any(p.poll() is None for p in running):
-      if time.time() > deadline or len(caught) > max(signals, 1):
-        for proc in running:
-          proc.kill()
-      time.sleep(0.2)
-    for s, handler in previous.items():
-      signal.signal(s, handler)
-  if caught:
-    raise SweepStopped(caught[0], stopped)
-  if failed:
-    raise errors.RunFailedError(
-        f"{len(failed)} of {n} runs failed: {', '.join(name for _, name in sorted(failed))}; "
-        "each log is <workdir>/sweep.log; rerun the same command to retry them")
+
+def _sweep_parallel(plan, root: str, overrides: Sequence[str], slots, cache: str,
+                    verbose: bool) -> list[dict[str, Any]]:
+  runtime.set_verbosity(verbose)
+  done: dict[int, dict[str, Any]] = {}
+  workers.run_parallel(plan, root, overrides, slots, cache, verbose,
+                       _finish_into(done, plan, root))
   return [done[k] for k in sorted(done)]
+
+
+def _sweep_cluster(plan, root: str, overrides: Sequence[str], cluster: str, options,
+                   cache: str, verbose: bool) -> list[dict[str, Any]]:
+  from mem_diffusion.experiments import slurm  # pylint: disable=g-import-not-at-top  # submitit only here
+  runtime.set_verbosity(verbose)
+  outcome = slurm.submit_and_collect(plan, root, overrides, cluster=cluster,
+                                     options=options or slurm.Options(), cache=cache,
+                                     verbose=verbose)
+  rows = [row(plan[i][0], plan[i][2], plan[i][1], plan[i][3], report)
+          for i, report in outcome.complete]
+  if rows:
+    write_outputs(rows, root)
+  return rows
 
 
 def _worker(spec: str, seed: int, root: str, overrides: Sequence[str], *, cpu: int,
             compile_cache: str, verbose: bool) -> None:
-  """One run of a parallel sweep, in this process (pinned before JAX starts)."""
+  """One run of a parallel or SLURM sweep, in this process (pinned before JAX starts).
+
+  USR2 is ignored: SLURM sends it to every process of a task before the time
+  limit, and its default action would kill this one unsaved; the task
+  (slurm.RunTask) answers it with the one SIGTERM that makes a run save.
+  """
+  signal.signal(signal.SIGUSR2, signal.SIG_IGN)
   if cpu >= 0:
     os.sched_setaffinity(0, {cpu})
   from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # after pinning: XLA sizes its threads then
@@ -386,9 +325,16 @@ def main(argv):
     cli.call(lambda: _worker(specs[0], seeds[0], FLAGS.root, overrides, cpu=FLAGS.pin_cpu,
                              compile_cache=FLAGS.compile_cache, verbose=FLAGS.verbose))
     return
-  rows = cli.call(lambda: sweep(specs, seeds, FLAGS.root, overrides, jobs=FLAGS.jobs,
-                                compile_cache=FLAGS.compile_cache, verbose=FLAGS.verbose))
-  print(f"{len(rows)} runs; summary in {os.path.join(FLAGS.root, 'summary.md')}", flush=True)
+  if FLAGS.cluster != "none" and FLAGS.jobs > 1:
+    cli.fail(f"--jobs={FLAGS.jobs} is for --cluster=none; a cluster runs every run at once "
+             "(--slurm_array_parallelism caps them)")
+  from mem_diffusion.experiments import slurm  # pylint: disable=g-import-not-at-top
+  rows = cli.call(lambda: sweep(
+      specs, seeds, FLAGS.root, overrides, jobs=FLAGS.jobs, compile_cache=FLAGS.compile_cache,
+      verbose=FLAGS.verbose, devices=FLAGS.devices, devices_per_run=FLAGS.devices_per_run,
+      cluster=FLAGS.cluster, slurm_options=slurm.options_from_flags(FLAGS)))
+  if rows:
+    print(f"{len(rows)} runs; summary in {os.path.join(FLAGS.root, 'summary.md')}", flush=True)
 
 
 if __name__ == "__main__":

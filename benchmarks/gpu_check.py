@@ -60,7 +60,7 @@ CONFIG_LIBRARY = config_stand_in.install()  # before any module that imports ml_
 
 from configs import default  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from mem_diffusion.run import parallel  # pylint: disable=g-import-not-at-top
-from mem_diffusion import validate as config_lib  # pylint: disable=g-import-not-at-top
+from mem_diffusion import config as config_lib  # pylint: disable=g-import-not-at-top
 from mem_diffusion.diffusion import samplers  # pylint: disable=g-import-not-at-top
 from mem_diffusion.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
 import gpu_check_report as report  # pylint: disable=g-import-not-at-top

@@ -30,7 +30,7 @@ import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax.numpy as jnp
 import numpy as np
 
-from mem_diffusion import config_loading, data  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion import config as config_loading, data  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from mem_diffusion.run import parallel, state as state_lib, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 flags.DEFINE_enum("mode", "loop", ["loop", "alone", "scan", "conv"], "What to time.")

@@ -7,7 +7,7 @@ import pytest
 
 from mem_diffusion.experiments import chains
 from mem_diffusion import errors
-from mem_diffusion.config_loading import apply_override, load_config
+from mem_diffusion.config import apply_override, load_config
 
 MICRO = ("training.num_steps=30", "diffusion.steps=20", "sampling.respacing=10",
          "sampling.num_samples=16",

@@ -6,12 +6,12 @@ import itertools
 import pytest
 
 from configs import toy_capacity, toy_dummies, toy_minority_majority
-from mem_diffusion import validate
+from mem_diffusion import config as config_lib
 
 
 def test_toy_dummies_batch_token_and_balanced_rows():
   config = toy_dummies.get_config("kind=gm,m=64,sampling=balanced,batch=32")
-  validate.validate_config(config)
+  config_lib.validate_config(config)
   assert config.training.batch_size == 32
   # Balanced at batch 32: 16 Mondrian rows per step, the no-dummy run's batch.
   no_dummy = toy_capacity.get_config("16")
@@ -21,7 +21,7 @@ def test_toy_dummies_batch_token_and_balanced_rows():
 
 def test_toy_dummies_accepts_mondrian_hybrids():
   config = toy_dummies.get_config("kind=hybrid,m=32")
-  validate.validate_config(config)
+  config_lib.validate_config(config)
   assert (config.data.dataset, config.data.dummy_kind, config.model.num_classes) == (
       "mondrian", "hybrid", 2)
   assert config.name == "toy_hybrid_32_uniform"
@@ -48,7 +48,7 @@ def test_toy_names_encode_every_non_default_token():
 
 def test_toy_minority_majority():
   config = toy_minority_majority.get_config("")
-  validate.validate_config(config)
+  config_lib.validate_config(config)
   assert config.name == "toy_minority_majority_16_240"
   assert (config.data.dataset, tuple(config.data.class_counts)) == ("mondrian_classes", (16, 240))
   assert config.model.num_classes == 2 and config.sampling.label == -1

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mem_diffusion import errors, validate
+from mem_diffusion import config as config_lib
+from mem_diffusion import errors
 from mem_diffusion.analysis import replicates
 from mem_diffusion.port import convert
 from mem_diffusion.run import checkpoint, evaluate, metrics, parallel, sampling, state, train
@@ -208,7 +209,7 @@ def test_label_minus_one_samples_every_class_in_turn(tmp_path):
   config = th.micro_config(model__num_classes=3, sampling__label=-1)
   config = _config(_random_params_file(config, tmp_path), model__num_classes=3,
                    sampling__label=-1)
-  validate.validate_config(config)
+  config_lib.validate_config(config)
   path = sampling.sample_to_workdir(config, str(tmp_path / "run"))
   with np.load(path) as f:
     images, labels = f["arr_0"], f["arr_1"]
@@ -236,6 +237,6 @@ def test_label_minus_one_samples_every_class_in_turn(tmp_path):
 def test_label_minus_one_needs_a_conditional_model():
   config = th.micro_config(sampling__label=-1)
   with pytest.raises(errors.ConfigError, match=r"sampling\.label=-1 .*model\.num_classes > 0"):
-    validate.validate_config(config)
+    config_lib.validate_config(config)
   with pytest.raises(errors.ConfigError, match=r"sampling\.label"):
-    validate.validate_config(th.micro_config(model__num_classes=2, sampling__label=-2))
+    config_lib.validate_config(th.micro_config(model__num_classes=2, sampling__label=-2))

@@ -68,6 +68,15 @@ def test_rerun_skips_every_stage(workdir, monkeypatch, capsys):
   assert capsys.readouterr().out.count("(skipped)") == 3
 
 
+def test_the_config_is_validated_once_per_run(workdir, monkeypatch):
+  calls = []
+  validate = stages.config_lib.validate_config
+  monkeypatch.setattr(stages.config_lib, "validate_config",
+                      lambda config, **kw: calls.append(1) or validate(config, **kw))
+  stages.run(_config(), workdir)
+  assert len(calls) == 1
+
+
 def test_changed_num_samples_redoes_samples_and_report(workdir, monkeypatch, capsys):
   _forbid(monkeypatch, train, "train_and_evaluate")
   report = stages.run(_config("sampling.num_samples=32", "sampling.batch_size=32"), workdir)

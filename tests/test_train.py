@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mem_diffusion.run import checkpoint, metrics, parallel, train
-from mem_diffusion import validate
+from mem_diffusion import config as config_lib
 from mem_diffusion.run import state as state_lib
 import train_helpers as th
 
@@ -107,7 +107,7 @@ def test_config_guard(reference):
   from mem_diffusion.run.workdir import Workdir  # pylint: disable=g-import-not-at-top
   workdir, _ = reference
   changed = th.micro_config(training__learning_rate=3e-4, model__dropout=0.2)
-  with pytest.raises(validate.ConfigError) as e:
+  with pytest.raises(config_lib.ConfigError) as e:
     stages.check_config_record(changed, Workdir(workdir))
   assert "training.learning_rate" in str(e.value) and "model.dropout" in str(e.value)
   assert "0.001 -> 0.0003" in str(e.value)

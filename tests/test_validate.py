@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mem_diffusion import validate
+from mem_diffusion import config as config_lib
 import train_helpers as th
 
 CONFIG_MODULES = sorted(
@@ -32,7 +32,7 @@ def test_study_configs_exist():
 @pytest.mark.parametrize("arg", ["", "tiny"])
 def test_every_checked_in_config_is_valid(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
-  validate.validate_config(config)
+  config_lib.validate_config(config)
   if name in STUDY_CONFIGS:
     assert config.name.startswith(name)
 
@@ -77,41 +77,41 @@ def test_bad_values_name_their_key(key, value, message):
   config = th.micro_config()
   section, _, name = key.rpartition(".")
   (config[section] if section else config)[name] = value
-  with pytest.raises(validate.ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
-    validate.validate_config(config, data_checks=False)
+  with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+    config_lib.validate_config(config, data_checks=False)
 
 
 def test_wrong_types_name_their_key():
   import ml_collections  # pylint: disable=g-import-not-at-top
   d = th.micro_config().to_dict()
   d["training"]["num_steps"] = "10"
-  with pytest.raises(validate.ConfigError, match="training.num_steps='10' has type str"):
-    validate.validate_config(ml_collections.ConfigDict(d))
+  with pytest.raises(config_lib.ConfigError, match="training.num_steps='10' has type str"):
+    config_lib.validate_config(ml_collections.ConfigDict(d))
 
 
 def test_unknown_and_missing_keys():
   config = th.micro_config()
   config.training.warmup = 10
-  with pytest.raises(validate.ConfigError, match="unknown config key.*training.warmup"):
-    validate.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match="unknown config key.*training.warmup"):
+    config_lib.validate_config(config)
   config = th.micro_config()
   del config.training["ema_decay"]
-  with pytest.raises(validate.ConfigError, match="missing config key.*training.ema_decay"):
-    validate.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match="missing config key.*training.ema_decay"):
+    config_lib.validate_config(config)
 
 
 def test_data_package_checks_are_included():
   config = th.micro_config()
   config.data.dataset, config.data.image_size = "cifar_cars", 12
-  with pytest.raises(validate.ConfigError, match="image_size"):
-    validate.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match="image_size"):
+    config_lib.validate_config(config)
 
 
 def test_device_divisibility():
   config = th.micro_config(training__batch_size=12, training__micro_batches=2)
-  validate.check_devices(config, 2)
-  with pytest.raises(validate.ConfigError, match="batch_size=12.*devices \\(4\\)"):
-    validate.check_devices(config, 4)
+  config_lib.check_devices(config, 2)
+  with pytest.raises(config_lib.ConfigError, match="batch_size=12.*devices \\(4\\)"):
+    config_lib.check_devices(config, 4)
 
 
 def test_guard_lists_unsafe_changes_and_accepts_safe_ones():
@@ -119,13 +119,13 @@ def test_guard_lists_unsafe_changes_and_accepts_safe_ones():
   safe = th.micro_config(training__num_steps=1000, training__log_every=7,
                          sampling__num_samples=5)
   safe.eval.blend_k = 3
-  assert sorted(validate.guard_workdir_config(old, safe)) == [
+  assert sorted(config_lib.guard_workdir_config(old, safe)) == [
       "eval.blend_k", "sampling.num_samples", "training.log_every", "training.num_steps"]
-  assert validate.guard_workdir_config(old, th.micro_config()) == []
+  assert config_lib.guard_workdir_config(old, th.micro_config()) == []
   unsafe = th.micro_config(training__batch_size=16, model__num_res_blocks=2,
                            training__num_steps=5)
-  with pytest.raises(validate.ConfigError) as e:
-    validate.guard_workdir_config(old, unsafe)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.guard_workdir_config(old, unsafe)
   message = str(e.value)
   assert "training.batch_size: 8 -> 16" in message
   assert "model.num_res_blocks: 1 -> 2" in message
@@ -182,10 +182,10 @@ def _set(config, key, value):
 @pytest.mark.parametrize("key,good,bad", LIMIT_CASES, ids=[c[0] for c in LIMIT_CASES])
 def test_limits_accept_the_edge_and_refuse_past_it(key, good, bad):
   for value in good:
-    validate.validate_config(_set(th.micro_config(), key, value))
+    config_lib.validate_config(_set(th.micro_config(), key, value))
   for value in bad:
-    with pytest.raises(validate.ConfigError) as e:
-      validate.validate_config(_set(th.micro_config(), key, value))
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.validate_config(_set(th.micro_config(), key, value))
     message = str(e.value)
     assert "\n" not in message and key.rpartition(".")[2] in message, (value, message)
 
@@ -194,74 +194,97 @@ def test_attention_levels_need_heads_that_divide_their_channels():
   # 8x8 images, two levels of 32 and 64 channels, attention at 4x4 (64 channels).
   config = th.micro_config(model__channel_mult=(1, 2), model__attention_resolutions=(4,))
   for heads in (1, 2, 64):
-    validate.validate_config(_set(config, "model.num_heads", heads))
-  with pytest.raises(validate.ConfigError, match=r"model\.num_heads=3 does not divide 64"):
-    validate.validate_config(_set(config, "model.num_heads", 3))
+    config_lib.validate_config(_set(config, "model.num_heads", heads))
+  with pytest.raises(config_lib.ConfigError, match=r"model\.num_heads=3 does not divide 64"):
+    config_lib.validate_config(_set(config, "model.num_heads", 3))
 
 
 def test_train_set_must_fit_in_host_memory():
   config = th.micro_config(data__image_size=512, data__num_original=100_000)
-  with pytest.raises(validate.ConfigError, match=r"data\.num_original.*73 GiB"):
-    validate.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match=r"data\.num_original.*73 GiB"):
+    config_lib.validate_config(config)
 
 
 def test_cifar_classes_counts_are_bounded_by_the_class_size():
   config = th.micro_config(data__dataset="cifar_classes", data__classes=(1, 9),
                            data__class_counts=(6000, 1), data__image_size=16,
                            model__num_classes=2)
-  validate.validate_config(config)
+  config_lib.validate_config(config)
   config.data.class_counts = (6001, 1)
-  with pytest.raises(validate.ConfigError, match=r"data\.class_counts=\(6001, 1\)"):
-    validate.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match=r"data\.class_counts=\(6001, 1\)"):
+    config_lib.validate_config(config)
+
+
+def _refusal(key, value):
+  """validate_config's message for the micro config with `key` = `value`, or None."""
+  try:
+    config_lib.validate_config(_set(th.micro_config(), key, value))
+  except config_lib.ConfigError as e:
+    return str(e)
+  return None
 
 
 def test_every_numeric_key_has_a_limit_and_a_docs_row():
-  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
-  limited = {l.key for l in validate.all_limits()}
-  numeric = {k for k, v in config_loading.schema().items()
-             if (isinstance(v, (int, float)) and not isinstance(v, bool))
-             or (isinstance(v, list) and all(isinstance(x, int) for x in v))}
-  assert numeric - limited == set()
-  assert limited <= set(config_loading.schema())
+  """Absurd values of every numeric key are refused, and the bound a message
+  states is the one docs/reliability.md's table gives (the table cannot drift)."""
   with open(os.path.join(th.REPO, "docs", "reliability.md")) as f:
-    docs = f.read().split("## Config limits", 1)[1].split("\n## ", 1)[0]
-  rows = {line.split("|")[1].strip().strip("`"): line for line in docs.splitlines()
-          if line.startswith("| `")}
-  for limit in validate.all_limits():
-    assert limit.key in rows, f"docs/reliability.md has no row for {limit.key}"
-    assert limit.allowed() in rows[limit.key], (limit.allowed(), rows[limit.key])
+    docs = f.read().split("## Config limits", 1)[1].split("Rules between keys", 1)[0]
+  # A row's first cell names one key or several: `seed`, `data.seed`, ...
+  rows = {key: line for line in docs.splitlines() if line.startswith("| `")
+          for key in re.findall(r"`([a-z_.]+)`", line.split("|")[1])}
+  schema = config_lib.flatten(config_lib.schema())
+  assert set(rows) <= set(schema), set(rows) - set(schema)
+  for key, default in schema.items():
+    if isinstance(default, bool):
+      continue
+    if isinstance(default, list):
+      probes = [(-10**9,), (10**12,)]
+    elif isinstance(default, (int, float)):
+      probes = [-10**9, 10**12] + ([float("nan")] if isinstance(default, float) else [])
+    else:
+      probes = ["?"]
+    # Messages about this key (a probe can also trip a rule that names another).
+    messages = [m for m in (_refusal(key, p) for p in probes)
+                if m is not None and key.rpartition(".")[2] in m]
+    if isinstance(default, str) and not messages:
+      continue  # a free string: a path or the run's name
+    assert messages, f"{key} accepts {probes}"
+    assert key in rows, f"docs/reliability.md has no row for {key}"
+    for message in messages:
+      assert "\n" not in message, message
+      if message.startswith(f"{key}=") and ": expected " in message:
+        allowed = message.split(": expected ", 1)[1].split("; ")[0]
+        assert allowed in rows[key], (allowed, rows[key])
 
 
 def test_validation_is_repeatable_and_leaves_the_config_alone():
   config = th.micro_config()
   before = config.to_json()
   for _ in range(3):
-    validate.validate_config(config)
+    config_lib.validate_config(config)
   assert config.to_json() == before
 
 
 def test_canonical_lists_have_one_owner():
-  from mem_diffusion.data import config_rules as data_rules, train_set  # pylint: disable=g-multiple-import,g-import-not-at-top
-  from mem_diffusion.diffusion import config_rules as diffusion_rules, gaussian, schedules, timestep_samplers  # pylint: disable=g-multiple-import,g-import-not-at-top
-  from mem_diffusion.models import config_rules as model_rules, layers, unet  # pylint: disable=g-multiple-import,g-import-not-at-top
-  assert train_set.DATASETS is data_rules.DATASETS
-  assert train_set.DUMMY_KINDS is data_rules.DUMMY_KINDS
-  assert train_set.SAMPLING is data_rules.SAMPLING
-  assert diffusion_rules.SCHEDULES is schedules.SCHEDULES
-  assert diffusion_rules.LOSS_TYPES is gaussian.LOSS_TYPES
-  assert diffusion_rules.TIMESTEP_SAMPLERS is timestep_samplers.NAMES
-  assert model_rules.NUM_GROUPS is layers.NUM_GROUPS
-  assert tuple(unet._DTYPES) == model_rules.COMPUTE_DTYPES  # pylint: disable=protected-access
-  # validate.py keeps no copy of a component's list.
-  assert not {"DATASETS", "DUMMY_KINDS", "SCHEDULES", "LOSSES", "COMPUTE_DTYPES",
-              "TIMESTEP_SAMPLERS", "DATA_SAMPLING"} & set(vars(validate))
+  """Validation checks against the lists of the code that implements them."""
+  from mem_diffusion.data import train_set  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.models import unet  # pylint: disable=g-import-not-at-top
+  config = th.micro_config(data__dataset="nope")
+  with pytest.raises(config_lib.ConfigError, match="one of " + ", ".join(
+      repr(d) for d in train_set.DATASETS)):
+    config_lib.validate_config(config)
+  assert tuple(unet._DTYPES) == unet.COMPUTE_DTYPES  # pylint: disable=protected-access
+  # config.py keeps no copy of a component's list.
+  assert not {"DATASETS", "DUMMY_KINDS", "SCHEDULES", "LOSSES", "LOSS_TYPES", "COMPUTE_DTYPES",
+              "TIMESTEP_SAMPLERS", "DATA_SAMPLING", "SAMPLING", "NUM_GROUPS",
+              "HYBRID_MASKS"} & set(vars(config_lib))
 
 
 def test_only_the_loader_imports_configs():
   offenders = []
   for root, _, files in os.walk(os.path.join(th.REPO, "mem_diffusion")):
     for f in files:
-      if f.endswith(".py") and f != "config_loading.py":
+      if f.endswith(".py") and f != "config.py":
         for i, line in enumerate(open(os.path.join(root, f)), 1):
           if re.match(r"\s*(from configs\b|import configs\b)", line):
             offenders.append(f"{f}:{i}")
@@ -273,25 +296,24 @@ def test_only_the_loader_imports_configs():
 
 @pytest.fixture
 def fresh_schema():
-  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
-  config_loading.schema.cache_clear()
-  yield config_loading
-  config_loading.schema.cache_clear()
+  config_lib.schema.cache_clear()
+  yield config_lib
+  config_lib.schema.cache_clear()
 
 
 def test_missing_schema_is_an_error_not_a_skip(fresh_schema, monkeypatch, tmp_path):
   monkeypatch.setattr(fresh_schema, "SCHEMA_FILE", str(tmp_path / "configs" / "default.py"))
-  with pytest.raises(validate.ConfigError, match="config schema .*default.py is missing"):
-    validate.validate_config(th.micro_config())
+  with pytest.raises(config_lib.ConfigError, match="config schema .*default.py is missing"):
+    config_lib.validate_config(th.micro_config())
 
 
 def test_broken_schema_is_an_error(fresh_schema, monkeypatch, tmp_path):
   path = tmp_path / "default.py"
   path.write_text("def get_config(arg=''):\n  raise RuntimeError('schema broke')\n")
   monkeypatch.setattr(fresh_schema, "SCHEMA_FILE", str(path))
-  with pytest.raises(validate.ConfigError,
+  with pytest.raises(config_lib.ConfigError,
                      match="schema cannot be loaded: .*RuntimeError: schema broke"):
-    validate.validate_config(th.micro_config())
+    config_lib.validate_config(th.micro_config())
 
 
 @pytest.mark.parametrize("source,needle", [
@@ -305,53 +327,67 @@ def test_broken_schema_is_an_error(fresh_schema, monkeypatch, tmp_path):
 ], ids=["missing", "no_get_config", "get_config_raises", "not_a_configdict", "syntax",
         "import_error"])
 def test_loader_errors_are_one_line(source, needle, tmp_path):
-  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
   path = tmp_path / "exp.py"
   if source is not None:
     path.write_text(source)
-  with pytest.raises(validate.ConfigError) as e:
-    config_loading.load_config(f"{path}:huge")
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.load_config(f"{path}:huge")
   message = str(e.value)
   assert "\n" not in message and needle.format(path=path) in message, message
 
 
+def test_loader_refuses_a_file_that_is_not_python():
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.load_config(os.path.join(th.REPO, "README.md"))
+  assert str(e.value).startswith(f"config file '{th.REPO}/README.md' is not Python"), e.value
+
+
 def test_loader_reads_experiment_files_and_arguments():
-  from mem_diffusion import config_loading  # pylint: disable=g-multiple-import,g-import-not-at-top
   from mem_diffusion.port import convert  # pylint: disable=g-multiple-import,g-import-not-at-top
   from mem_diffusion.experiments import sweep  # pylint: disable=g-multiple-import,g-import-not-at-top
-  config = config_loading.load_config(os.path.join(th.REPO, "configs", "gm_2k.py:tiny"))
+  config = config_lib.load_config(os.path.join(th.REPO, "configs", "gm_2k.py:tiny"))
   assert (config.data.num_dummy, config.data.image_size) == (200, 16)
-  with pytest.raises(validate.ConfigError, match="unknown config argument 'huge'"):
-    config_loading.load_config(os.path.join(th.REPO, "configs", "gm_2k.py:huge"))
+  # Locked, as ml_collections' config flags lock it: a typo cannot add a key.
+  with pytest.raises(AttributeError, match="warmup"):
+    config.training.warmup = 10
+  with pytest.raises(config_lib.ConfigError, match="unknown config argument 'huge'"):
+    config_lib.load_config(os.path.join(th.REPO, "configs", "gm_2k.py:huge"))
   # The CLIs keep their names for the same functions.
-  assert convert.load_config is sweep.load_config is config_loading.load_config
-  assert sweep.apply_override is config_loading.apply_override
+  assert convert.load_config is sweep.load_config is config_lib.load_config
+  assert sweep.apply_override is config_lib.apply_override
 
 
 def test_override_errors_are_config_errors():
-  from mem_diffusion import config_loading  # pylint: disable=g-import-not-at-top
   config = th.micro_config()
-  config_loading.apply_override(config, "model.channel_mult=1,2")
+  config_lib.apply_override(config, "model.channel_mult=1,2")
   assert config.model.channel_mult == (1, 2)
+  # Parsed as main.py's --config.a.b=v: the key's type decides, tuples as literals.
+  config_lib.apply_override(config, "model.attention_resolutions=(8, 4)")
+  config_lib.apply_override(config, "training.learning_rate=3")
+  config_lib.apply_override(config, "data.hflip=false")
+  assert config.model.attention_resolutions == (8, 4) and config.data.hflip is False
+  assert config.training.learning_rate == 3.0 and config.is_locked
   for bad, needle in [("training.nope=1", "unknown config key 'training.nope'"),
                       ("nosection.x=1", "no config section 'nosection'"),
                       ("data.hflip=maybe", "not a valid bool"),
-                      ("seed", "expected key=value")]:
-    with pytest.raises(validate.ConfigError, match=re.escape(needle)):
-      config_loading.apply_override(config, bad)
+                      ("seed", "expected key=value"),
+      ("training.num_steps=7.5", "'7.5' is not a valid int for training.num_steps")]:
+    with pytest.raises(config_lib.ConfigError, match=re.escape(needle)) as e:
+      config_lib.apply_override(config, bad)
+    assert "\n" not in str(e.value)
 
 
 def test_validation_does_not_import_tensorflow():
   """The data rules run in a process that never loads TensorFlow."""
   code = "\n".join([
       "import sys",
-      "from mem_diffusion import config_loading, validate",
-      "config = config_loading.load_config('configs/cars_2k_gm_14k.py')",
-      "validate.validate_config(config)",
+      "from mem_diffusion import config as config_lib",
+      "config = config_lib.load_config('configs/cars_2k_gm_14k.py')",
+      "config_lib.validate_config(config)",
       "config.data.image_size = 12",
       "try:",
-      "  validate.validate_config(config)",
-      "except validate.ConfigError as e:",
+      "  config_lib.validate_config(config)",
+      "except config_lib.ConfigError as e:",
       "  print('refused:', e)",
       "print('tensorflow loaded:', any(m.split('.')[0] == 'tensorflow' for m in sys.modules))",
   ])
@@ -369,6 +405,6 @@ def test_config_recorded_before_a_key_existed_counts_as_its_legacy_value():
   old = config.to_dict()
   del old["data"]["hybrid_mask"]
   config.data.hybrid_mask = "corner_radius"
-  assert validate.config_changes(old, config.to_dict()) == ([], [])
+  assert config_lib.config_changes(old, config.to_dict()) == ([], [])
   config.data.hybrid_mask = "bin_fraction"
-  assert validate.config_changes(old, config.to_dict())[0] == ["data.hybrid_mask"]
+  assert config_lib.config_changes(old, config.to_dict())[0] == ["data.hybrid_mask"]

@@ -6,11 +6,11 @@
   num_steps, process_index=0, process_count=1)`: the resumable input pipeline
   (NumPy batches; TensorFlow only loads CIFAR-10).
 - `heldout_images(data_cfg, n)`: original-class images outside the train set.
-- `validate_data_config(data_cfg)`, `num_classes(data_cfg)`: the data section's
-  rules (mem_diffusion.data.config_rules, importable without TensorFlow).
+- `validate_data_config(data_cfg)`: the data section's rules (they live in
+  mem_diffusion.config); `num_classes(data_cfg)`: the labels of a train set.
 
 The names are resolved on first use (PEP 562): importing a submodule such as
-mem_diffusion.data.config_rules must not load TensorFlow through this file.
+mem_diffusion.data.train_set must not load TensorFlow through this file.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ _EXPORTS = {
     "heldout_available": "train_set",
     "heldout_images": "train_set",
     "write_manifest": "train_set",
-    "num_classes": "config_rules",
-    "validate_data_config": "config_rules",
+    "num_classes": "train_set",
+    "validate_data_config": "train_set",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -28,18 +28,36 @@ from typing import Any
 
 import numpy as np
 
+from mem_diffusion.config import validate_data_config
 from mem_diffusion.data import cifar, generators, geometric, mondrian
-# The data section's rules and lists live in config_rules (importable without
-# TensorFlow); they are re-exported here for callers of this module.
-from mem_diffusion.data.config_rules import (  # pylint: disable=unused-import
-    CAR_BASED_DUMMIES,
-    DATASETS,
-    DUMMY_KINDS,
-    MONDRIAN_DATASETS,
-    SAMPLING,
-    num_classes,
-    validate_data_config,
-)
+
+# The train sets and dummy kinds built here; mem_diffusion.config checks a
+# config against these lists.
+DATASETS = ("cifar_cars", "mondrian", "cifar_classes", "mondrian_classes")
+MONDRIAN_DATASETS = ("mondrian", "mondrian_classes")  # generated: no CIFAR-10 needed
+DUMMY_KINDS = ("", "gm", "hybrid", "cars", "geometric")
+# Their images come from the CIFAR car pool with 'cifar_cars'; Mondrian hybrids
+# take a pool of held-out Mondrians instead (mondrian.pool_images).
+CAR_BASED_DUMMIES = ("hybrid", "cars")
+SAMPLING = ("uniform", "balanced")  # how batches mix original and dummy rows
+MONDRIAN_CLASSES = 2  # 'mondrian_classes': the Mondrian and the earth-palette population
+
+
+def num_classes(data_cfg) -> int:
+  """Labels the train set uses (1 = single class: train unconditionally).
+
+  Extra cars are still cars: 'cars' dummies add no label.
+  """
+  base = {"cifar_classes": len(tuple(data_cfg.classes)),
+          "mondrian_classes": MONDRIAN_CLASSES}.get(data_cfg.dataset, 1)
+  return base + (1 if data_cfg.dummy_kind not in ("", "cars") else 0)
+
+
+def num_images(data_cfg) -> int:
+  """Rows of the train set (original + dummy)."""
+  per_class = data_cfg.dataset in ("cifar_classes", "mondrian_classes")
+  original = sum(data_cfg.class_counts) if per_class else data_cfg.num_original
+  return int(original) + int(data_cfg.num_dummy)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import report as report_lib
 from mem_diffusion.run import runtime
-from mem_diffusion.config_loading import apply_override, load_config
+from mem_diffusion.config import apply_override, load_config, validate_config
 
 FLAGS = flags.FLAGS
 
@@ -95,9 +95,8 @@ class Search:
 
   def check(self, sizes: Sequence[int]) -> None:
     """Validates the configs at the search's ends before any run starts."""
-    from mem_diffusion import validate  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
     for n in sizes:
-      validate.validate_config(self.config(n, self.seeds[0]))
+      validate_config(self.config(n, self.seeds[0]))
 
   def ratio(self, n: int) -> float:
     if n not in self.points:

@@ -82,9 +82,9 @@ def compare(config: ml_collections.ConfigDict, workdir: str,
   """Trains if needed, then samples and evaluates under every chain; returns rows."""
   # JAX loads after flag parsing.
   from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from mem_diffusion import validate  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion.config import validate_config  # pylint: disable=g-import-not-at-top
   for spec in chains:  # every chain must fit diffusion.steps before anything runs
-    validate.validate_config(chain_config(config, spec, "unused"))
+    validate_config(chain_config(config, spec, "unused"))
   stages.run(config, workdir, ("train",))
   wd = Workdir(workdir)
   out = os.path.join(wd.root, "chains")

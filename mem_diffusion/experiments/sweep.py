@@ -71,7 +71,7 @@ from mem_diffusion.run import runtime
 from mem_diffusion.experiments import devices as devices_lib
 from mem_diffusion.experiments import study
 from mem_diffusion.experiments import workers
-from mem_diffusion.config_loading import apply_override, load_config
+from mem_diffusion.config import apply_override, load_config
 
 PRESETS = study.PRESETS
 FLAGS = flags.FLAGS
@@ -191,7 +191,7 @@ def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
 
   A typo in the 7th config must not surface after six hours of training.
   """
-  from mem_diffusion import validate  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
+  from mem_diffusion import config as validate  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
   if not specs:
     raise errors.ConfigError("no configs to run")
   plan, names = [], {}

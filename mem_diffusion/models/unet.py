@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mem_diffusion.models import config_rules
+from mem_diffusion import config as config_lib
+from mem_diffusion.errors import ConfigError
 from mem_diffusion.models.layers import (Conv2d, Embed, GroupNorm32, Linear,
                                          avg_pool_2x2,
                                          timestep_embedding, upsample_nearest_2x)
@@ -213,7 +214,26 @@ class UNet(nn.Module):
     return Conv2d(self.out_channels, zero_init=True, name="out_2")(h)
 
 
-_DTYPES = {name: getattr(jnp, name) for name in config_rules.COMPUTE_DTYPES}
+# float16 is left out: the reference needs loss scaling for it, which training
+# does not do; bfloat16 keeps float32's exponent range.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+_DTYPES = {name: getattr(jnp, name) for name in COMPUTE_DTYPES}
+
+
+def attention_rates(model_cfg: Mapping[str, Any], image_size: int) -> tuple[int, ...]:
+  """Pixel attention resolutions as downsample rates (image_size // res).
+
+  A resolution the UNet never reaches is a ConfigError: the reference would
+  silently skip it.
+  """
+  reached = {image_size // 2**level: 2**level
+             for level in range(len(tuple(model_cfg["channel_mult"])))}
+  for res in model_cfg["attention_resolutions"]:
+    if res not in reached:
+      raise ConfigError(f"model.attention_resolutions contains {res!r}, a resolution the "
+                        f"model never reaches (image_size {image_size}, levels "
+                        f"{sorted(reached, reverse=True)})")
+  return tuple(sorted({reached[res] for res in model_cfg["attention_resolutions"]}))
 
 
 def unet_from_config(model_cfg: Mapping[str, Any], image_size: int) -> UNet:
@@ -222,17 +242,17 @@ def unet_from_config(model_cfg: Mapping[str, Any], image_size: int) -> UNet:
   Pixel attention resolutions become downsample rates (image_size // res);
   learned sigma gives 6 output channels; num_classes 0 is unconditional.
   Settings the reference would silently ignore or crash on raise ConfigError
-  (a ValueError) from models/config_rules.py.
+  (a ValueError) from mem_diffusion.config.
   """
   image_size = int(image_size)
-  config_rules.validate_model_config(model_cfg, image_size)
+  config_lib.validate_model_config(model_cfg, image_size)
   num_classes = int(model_cfg["num_classes"])
   return UNet(
       in_channels=3,
       model_channels=int(model_cfg["model_channels"]),
       out_channels=6 if model_cfg["learn_sigma"] else 3,
       num_res_blocks=int(model_cfg["num_res_blocks"]),
-      attention_resolutions=config_rules.attention_rates(model_cfg, image_size),
+      attention_resolutions=attention_rates(model_cfg, image_size),
       dropout=float(model_cfg["dropout"]),
       channel_mult=tuple(int(m) for m in model_cfg["channel_mult"]),
       conv_resample=bool(model_cfg["conv_resample"]),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import msgpack
 import numpy as np
 
-from mem_diffusion.config_loading import load_config
+from mem_diffusion.config import load_config
 from mem_diffusion import files, npz_io
 from mem_diffusion.errors import InputError
 from mem_diffusion.models import UNet, unet_from_config

@@ -37,12 +37,12 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 
+from mem_diffusion import config as config_lib
 from mem_diffusion import errors
 from mem_diffusion.run import evaluate
 from mem_diffusion import files
 from mem_diffusion.run import sampling
 from mem_diffusion.run import train
-from mem_diffusion import validate as validate_lib
 from mem_diffusion.run import workdir_lock
 from mem_diffusion.run.workdir import Workdir
 
@@ -80,7 +80,7 @@ def _canonical(obj: Any) -> Any:
 
 
 def _differences(old: Any, new: Any, limit: int = 3) -> str:
-  old_flat, new_flat = validate_lib.flatten(old or {}), validate_lib.flatten(new)
+  old_flat, new_flat = config_lib.flatten(old or {}), config_lib.flatten(new)
   keys = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
   shown = [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}"
            for k in keys[:limit]]
@@ -114,7 +114,7 @@ def check_config_record(config: ml_collections.ConfigDict, wd: Workdir) -> None:
         f"{wd.root} holds checkpoints but no config.json recording the config that "
         "made them; restore config.json or use a new --workdir")
   saved = _read_json(wd.config_json)
-  safe = validate_lib.guard_workdir_config(json.dumps(saved), config)
+  safe = config_lib.guard_workdir_config(json.dumps(saved), config)
   if safe:
     _say(f"note: keys changed since this workdir was made (allowed): {', '.join(safe)}")
 
@@ -124,8 +124,8 @@ def check_config_record(config: ml_collections.ConfigDict, wd: Workdir) -> None:
 
 def _trained_keys(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Every key that changes what training computes (the guard's unsafe keys)."""
-  return {k: v for k, v in validate_lib.flatten(config).items()
-          if not validate_lib.is_safe_change(k)}
+  return {k: v for k, v in config_lib.flatten(config).items()
+          if not config_lib.is_safe_change(k)}
 
 
 def _latest_checkpoint_step(wd: Workdir) -> int | None:
@@ -260,14 +260,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise errors.ConfigError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-  if validate:  # the TF-free rules: a bad config must not wait for the lock
-    validate_lib.validate_config(config, data_checks=False)
+  if validate:  # before the lock: a bad config must not wait for another run
+    config_lib.validate_config(config)
   wd = Workdir(workdir)
   check_workdir_path(wd)
   report = None
   with workdir_lock.hold_for_run(wd.root):
-    if validate:
-      validate_lib.validate_config(config)
     check_config_record(config, wd)
     for stage in stages:
       if stage == "train":

@@ -19,7 +19,7 @@ import optax
 
 from mem_diffusion.run import checkpoint as checkpoint_lib
 from mem_diffusion.run import parallel
-from mem_diffusion import validate
+from mem_diffusion import config as validate
 from mem_diffusion.diffusion import diffusion_from_config
 from mem_diffusion.diffusion import timestep_samplers
 from mem_diffusion.models import unet_from_config

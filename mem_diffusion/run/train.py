@@ -43,7 +43,7 @@ from mem_diffusion import report
 from mem_diffusion.run import sampling
 from mem_diffusion.run import signals as signals_lib
 from mem_diffusion.run import state as state_lib
-from mem_diffusion import validate
+from mem_diffusion import config as validate
 from mem_diffusion.run.workdir import Workdir
 
 # fold_in tags of a step's key: one independent stream per purpose.

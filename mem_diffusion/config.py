@@ -29,7 +29,8 @@ from ml_collections import ConfigDict, config_flags
 from mem_diffusion.errors import ConfigError
 
 # The checkout that holds mem_diffusion/ also holds configs/.
-SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "default.py")
 
 MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits of a seed: key(2**32) == key(0)
 SEED_WHY = "JAX keys keep only 32 bits: seed 2**32 would repeat seed 0"

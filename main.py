@@ -6,20 +6,23 @@ one stage. Exit codes: 0 done; 2 bad command, config or input; 1 the run
 failed (corrupt checkpoint, divergence, full disk); 128+signal preempted
 (state saved: rerun to resume). Multi-host: --multihost (TPU pods, SLURM) or
 --coordinator_address/--num_processes/--process_id.
+
+On a CPU run, main() first applies the CPU tuning and says so
+(`--xla_cpu_tuning`, `--huge_pages`: mem_diffusion/run/cpu_tuning.py; the
+huge pages may restart the process once). config.json and
+train_summary.json record the XLA_FLAGS, versions and device the run used,
+and training resumed under other ones is refused unless
+`--accept_environment_change` (mem_diffusion/run/environment.py).
 """
 
 import mem_diffusion.python_version  # pylint: disable=unused-import  # first: one error line on an old Python
-from mem_diffusion import huge_pages  # pylint: disable=g-bad-import-order
 
-if __name__ == "__main__":  # first, before anything allocates: a process-start setting
-  huge_pages.reexec_with_huge_pages()
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from mem_diffusion.run import cli
+from mem_diffusion.run import cpu_tuning
 from mem_diffusion.run import runtime
 
 FLAGS = flags.FLAGS
@@ -34,12 +37,16 @@ flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with cluster
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_bool("accept_environment_change", False, "Resume training although XLA_FLAGS, "
+                  "jax/jaxlib or the device kind differ from those recorded in config.json.")
+cpu_tuning.define_flags(flags)
 
 
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.loaded_config()
+  cli.prepare_process(FLAGS.xla_cpu_tuning, FLAGS.huge_pages)  # before JAX starts
   workdir = FLAGS.workdir or cli.default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   # JAX (and with it the distributed runtime) starts only after the flags
   # parsed; TensorFlow only once the cheap checks passed (stages.run).
@@ -51,7 +58,8 @@ def main(argv):
                                     FLAGS.process_id, auto=FLAGS.multihost)
     stages_to_run = stages.STAGES if FLAGS.mode == "all" else (FLAGS.mode,)
     print(f"{config.name}: {', '.join(stages_to_run)} in {workdir}", flush=True)
-    stages.run(config, workdir, stages_to_run, summary=stages.print_summary)
+    stages.run(config, workdir, stages_to_run, summary=stages.print_summary,
+               accept_environment=FLAGS.accept_environment_change or None)
 
   cli.call(run)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mem_diffusion import config as config_loading, data  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from mem_diffusion.run import parallel, state as state_lib, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion.run import cpu_tuning, environment, parallel, state as state_lib, train  # pylint: disable=g-import-not-at-top,g-bad-import-order,g-multiple-import
 
 flags.DEFINE_enum("mode", "loop", ["loop", "alone", "scan", "conv"], "What to time.")
 flags.DEFINE_string("config", "configs/quickstart.py", "Config spec (file[:arg]).")
@@ -39,6 +39,7 @@ flags.DEFINE_integer("batch_size", 16, "Global batch size.")
 flags.DEFINE_integer("steps", 300, "Steps per round (loop, alone).")
 flags.DEFINE_integer("rounds", 2, "Rounds; the best is reported.")
 flags.DEFINE_integer("block", 16, "Steps per lax.scan call (scan).")
+cpu_tuning.define_flags(flags)
 FLAGS = flags.FLAGS
 
 
@@ -82,8 +83,10 @@ def _conv() -> dict[str, float]:
 
 def main(argv):
   del argv
+  cpu_tuning.apply(xla_cpu_tuning=FLAGS.xla_cpu_tuning, huge_pages=FLAGS.huge_pages,
+                   restart=True)  # before JAX starts, as main.py
   if FLAGS.mode == "conv":
-    print(json.dumps({"mode": "conv", **_conv(), "xla_flags": os.environ.get("XLA_FLAGS", "")}))
+    print(json.dumps({"mode": "conv", **_conv(), "environment": environment.facts()}))
     return
   config = config_loading.load_config(FLAGS.config)
   config.training.batch_size = b = FLAGS.batch_size
@@ -132,10 +135,8 @@ def main(argv):
       losses.block_until_ready()
     result = _timed(run_round, k)
   print(json.dumps({"mode": FLAGS.mode, "config": config.name, "batch_size": b, **result,
-                    "xla_flags": os.environ.get("XLA_FLAGS", "")}))
+                    "environment": environment.facts(mesh.devices.flat)}))
 
 
 if __name__ == "__main__":
-  from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top
-  huge_pages.reexec_with_huge_pages()  # as main.py does
   app.run(main)

@@ -17,18 +17,20 @@ prints one JSON line with `images_per_second` (e.g. its torch_bench.py with
 `--device cpu --batch B --steps S`); it runs with the same thread count as
 this process has cores, and the ratio ours / reference is reported.
 
-The last line printed is JSON: images_per_second, gflops_per_second,
+The last line printed is JSON: images_per_second, cpu_seconds_per_step
+(user + system time of the whole process over the timed steps: less
+sensitive to other jobs than the wall clock), gflops_per_second,
 matmul_gflops_per_second, fraction_of_matmul, compile_seconds, and with a
 reference reference_images_per_second and ratio_to_reference, plus the
-XLA_FLAGS and GLIBC_TUNABLES in effect (the package adds its CPU defaults:
-mem_diffusion/cpu_flags.py, mem_diffusion/huge_pages.py; the reference gets
-the same GLIBC_TUNABLES unless --noreference_huge_pages)
-and the number of micro-batches a step runs as (on CPU the project splits
-large steps: mem_diffusion/run/micro_batches.py).
+process's environment (XLA_FLAGS, GLIBC_TUNABLES, versions, device:
+mem_diffusion/run/environment.py). Like main.py, it applies the CPU tuning
+first (`--xla_cpu_tuning`, mem_diffusion/run/cpu_tuning.py); the reference
+child gets this process's environment.
 """
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -41,8 +43,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
-from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from mem_diffusion.run import micro_batches, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from mem_diffusion.run import cpu_tuning, environment, micro_batches, parallel, state, train  # pylint: disable=g-import-not-at-top,g-bad-import-order,g-multiple-import
 from matmul_rate import matmul_gflops  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
@@ -52,27 +53,20 @@ flags.DEFINE_integer("rounds", 3, "Rounds of (train steps, matmul, reference); t
 flags.DEFINE_string("reference", "", "A reference timing script (e.g. torch_bench.py) run each round.")
 flags.DEFINE_string("reference_python", sys.executable, "The Python that runs --reference (one with torch).")
 flags.DEFINE_integer("reference_steps", 3, "Steps the reference times per round.")
-flags.DEFINE_bool("reference_huge_pages", True, "Give the reference this process's GLIBC_TUNABLES "
-                  "(with the huge-page malloc the entry points set: mem_diffusion/huge_pages.py); "
-                  "False runs it with glibc's defaults, as a plain torch user would.")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n float32 matmul.")
 flags.DEFINE_integer("micro_batches", 1, "Micro-batches per step (training.micro_batches).")
 flags.DEFINE_string("compute_dtype", "", "Override model.compute_dtype (float32 | bfloat16).")
+cpu_tuning.define_flags(flags)
 FLAGS = flags.FLAGS
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
-    cost = cost[0]
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
 def _reference_env(threads: str) -> dict[str, str]:
-  env = {**os.environ, "THREADS": threads}
-  if not FLAGS.reference_huge_pages:
-    env.pop("GLIBC_TUNABLES", None)
-  return env
+  return {**os.environ, "THREADS": threads}
+
+
+def _cpu_seconds() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
 
 
 def _reference_images_per_second() -> float:
@@ -92,6 +86,8 @@ def _reference_images_per_second() -> float:
 
 def main(argv):
   del argv
+  cpu_tuning.apply(xla_cpu_tuning=FLAGS.xla_cpu_tuning, huge_pages=FLAGS.huge_pages,
+                   restart=True)  # before JAX starts, as main.py
   config = FLAGS.config
   config.training.batch_size = FLAGS.batch_size
   config.training.micro_batches = FLAGS.micro_batches
@@ -107,19 +103,19 @@ def main(argv):
       "label": np.zeros((FLAGS.batch_size,), np.int32)}, mesh)
 
   t0 = time.perf_counter()
-  compiled = step_fn.lower(train_state, batch).compile()
+  compiled, flops_per_step = micro_batches.compile_step(step_fn, train_state, batch)
   compile_seconds = time.perf_counter() - t0
-  flops_per_step = _flops(compiled)
 
   train_state, stats = compiled(train_state, batch)  # warm-up
   jax.block_until_ready(stats)
-  seconds, mm, ref = float("inf"), 0.0, 0.0
+  seconds, mm, ref, cpu = float("inf"), 0.0, 0.0, 0.0
   for r in range(FLAGS.rounds):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     for _ in range(FLAGS.steps):
       train_state, stats = compiled(train_state, batch)
     jax.block_until_ready((train_state.params, stats))
     seconds = min(seconds, (time.perf_counter() - t0) / FLAGS.steps)
+    cpu += (_cpu_seconds() - c0) / FLAGS.steps / FLAGS.rounds
     mm = max(mm, matmul_gflops(FLAGS.matmul_size, mesh, repeats=2))
     if FLAGS.reference:
       ref = max(ref, _reference_images_per_second())
@@ -131,24 +127,22 @@ def main(argv):
       "config": config.name,
       "batch_size": FLAGS.batch_size,
       "micro_batches": FLAGS.micro_batches,
-      "micro_batches": micro_batches.execution_accum_steps(config, mesh),
       "compute_dtype": config.model.compute_dtype,
       "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
       "compile_seconds": round(compile_seconds, 2),
       "seconds_per_step": round(seconds, 4),
       "images_per_second": round(FLAGS.batch_size / seconds, 3),
+      "cpu_seconds_per_step": round(cpu, 3),
       "xla_gflop_per_step": round(flops_per_step / 1e9, 2),
       "gflops_per_second": round(gflops, 2),
       "matmul_gflops_per_second": round(mm, 2),
       "fraction_of_matmul": round(gflops / mm, 3),
       "rounds": FLAGS.rounds,
       "steps_per_round": FLAGS.steps,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "environment": environment.facts(mesh.devices.flat, micro_batches=FLAGS.micro_batches),
   }
   if ref:
     result["reference_images_per_second"] = round(ref, 3)
-    result["reference_glibc_tunables"] = _reference_env("").get("GLIBC_TUNABLES", "")
     result["ratio_to_reference"] = round(FLAGS.batch_size / seconds / ref, 3)
   print(f"compile {compile_seconds:.1f} s; {seconds:.3f} s/step; "
         f"{result['images_per_second']} images/s; {gflops:.1f} GFLOP/s "
@@ -158,5 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.reexec_with_huge_pages()  # as main.py does
   app.run(main)

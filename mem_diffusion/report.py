@@ -1,7 +1,9 @@
 """Reports on disk: PNG image grids and the evaluation pictures (JSON: files.py).
 
-matplotlib is imported inside the plotting functions (Agg backend), so that
-importing this module stays fast and works without a display.
+matplotlib is imported inside the plotting functions, so that importing this
+module stays fast. Figures are drawn on their own Agg canvas, not through
+pyplot: they need no display, and the caller's backend (a notebook's inline
+one) is left as it was.
 """
 
 from __future__ import annotations
@@ -47,19 +49,21 @@ def save_png(path: str, array: np.ndarray) -> None:
   Image.fromarray(a).save(path)
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel  # matplotlib stays lazy
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
+def agg_figure(**kwargs):
+  """A matplotlib Figure on its own Agg canvas (no pyplot, no global backend)."""
+  # pylint: disable=import-outside-toplevel  # matplotlib stays lazy
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(**kwargs)
+  FigureCanvasAgg(fig)
+  return fig
 
 
-def _save_figure(plt, fig, path: str, *, dpi: int = 150, pad: float = 1.08) -> None:
-  """Lays out, writes (creating the folder) and releases a matplotlib figure."""
+def _save_figure(fig, path: str, *, dpi: int = 150, pad: float = 1.08) -> None:
+  """Lays out and writes (creating the folder) a figure; nothing holds it after."""
   fig.tight_layout(pad=pad)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=dpi)
-  plt.close(fig)
 
 
 def _pick_rows(per_sample: dict[str, np.ndarray], num_each: int, seed: int
@@ -84,11 +88,10 @@ def nearest_neighbors_figure(samples: np.ndarray, train: np.ndarray,
   Three groups: the samples with the smallest d1/d2 (most replicated), the
   flagged blends (smallest rho first), and random samples (`seed`).
   """
-  plt = _pyplot()
   rows = _pick_rows(per_sample, num_each, seed)
   nn1, nn2 = per_sample["nn1"], per_sample["nn2"]
-  fig, axes = plt.subplots(len(rows), 3, figsize=(3 * scale * 1.6, len(rows) * scale * 1.15),
-                           squeeze=False)
+  fig = agg_figure(figsize=(3 * scale * 1.6, len(rows) * scale * 1.15))
+  axes = fig.subplots(len(rows), 3, squeeze=False)
   for r, (group, i) in enumerate(rows):
     ims = (samples[i], train[nn1[i]], train[nn2[i]])
     titles = (f"{group} #{i}", f"NN1 #{nn1[i]} d={per_sample['d1'][i]:.0f}",
@@ -101,7 +104,7 @@ def nearest_neighbors_figure(samples: np.ndarray, train: np.ndarray,
       ax.set_title(titles[c], fontsize=5, pad=2)
     axes[r, 0].set_ylabel(row_label(per_sample, i), fontsize=5, rotation=0, ha="right",
                           va="center")
-  _save_figure(plt, fig, path, dpi=200, pad=0.3)
+  _save_figure(fig, path, dpi=200, pad=0.3)
 
 
 def _value(name: str, v: float) -> str:
@@ -131,9 +134,9 @@ def row_label(per_sample: dict[str, np.ndarray], i: int) -> str:
 def ratio_histogram(ratios: np.ndarray, path: str, threshold: float = 1 / 3,
                     title: str = "nearest / second-nearest training distance") -> None:
   """Histogram of d1/d2 with the replicate threshold marked."""
-  plt = _pyplot()
   ratios = np.asarray(ratios, np.float64)
-  fig, ax = plt.subplots(figsize=(4.5, 3))
+  fig = agg_figure(figsize=(4.5, 3))
+  ax = fig.subplots()
   ax.hist(ratios, bins=np.linspace(0, 1, 51), color="tab:blue")
   ax.axvline(threshold, color="tab:red", ls="--", label=f"threshold {threshold:.3g}")
   frac = float(np.mean(ratios < threshold)) if ratios.size else 0.0
@@ -141,15 +144,15 @@ def ratio_histogram(ratios: np.ndarray, path: str, threshold: float = 1 / 3,
   ax.set_ylabel("samples")
   ax.set_title(f"{title}\n{frac:.1%} below threshold (n={ratios.size})", fontsize=9)
   ax.legend(fontsize=8)
-  _save_figure(plt, fig, path)
+  _save_figure(fig, path)
 
 
 def distance_cdf_figure(curves: Sequence[tuple[str, np.ndarray]], path: str, *,
                         xlabel: str = "L2 distance to the nearest training image",
                         title: str = "") -> None:
   """Empirical CDFs of several distance sets (e.g. samples vs held-out d1)."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(4.5, 3))
+  fig = agg_figure(figsize=(4.5, 3))
+  ax = fig.subplots()
   for name, values in curves:
     v = np.sort(np.asarray(values, np.float64))
     ax.step(v, np.arange(1, v.size + 1) / max(v.size, 1), where="post",
@@ -159,7 +162,7 @@ def distance_cdf_figure(curves: Sequence[tuple[str, np.ndarray]], path: str, *,
   if title:
     ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
-  _save_figure(plt, fig, path)
+  _save_figure(fig, path)
 
 
 def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str, *,
@@ -171,8 +174,8 @@ def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str,
   `hlines` draws thresholds (e.g. the 0.9 / 0.1 replicate ratios of the
   capacity search) as dotted lines; `logx` for train-set sizes.
   """
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(4.5, 3))
+  fig = agg_figure(figsize=(4.5, 3))
+  ax = fig.subplots()
   for name, y in series.items():
     yerr = None if errors is None else errors.get(name)
     ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name)
@@ -187,7 +190,7 @@ def line_plot(x: Sequence[float], series: dict[str, Sequence[float]], path: str,
   if title:
     ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
-  _save_figure(plt, fig, path)
+  _save_figure(fig, path)
 
 
 class Panel(NamedTuple):
@@ -226,8 +229,8 @@ def errorbar_figure(panels: Sequence[Panel], path: str, *, xlabel: str,
   half the smallest nonzero x of the figure, and its tick says 0. Ticks label
   the x values that were run (log minor ticks overlap at this width).
   """
-  plt = _pyplot()
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+  fig = agg_figure(figsize=(5 * len(panels), 3.6))
+  axes = fig.subplots(1, len(panels), squeeze=False)
   xs_all = {float(p[0]) for panel in panels for pts in panel.series.values() for p in pts}
   nonzero = [x for x in xs_all if x > 0]
   zero_at = (min(nonzero) / 2 if nonzero else 1.0) if log_x else 0.0
@@ -258,4 +261,4 @@ def errorbar_figure(panels: Sequence[Panel], path: str, *, xlabel: str,
     ax.set_title(panel.title, fontsize=9)
     if panel.series:
       ax.legend(fontsize=7)
-  _save_figure(plt, fig, path, dpi=130)
+  _save_figure(fig, path, dpi=130)

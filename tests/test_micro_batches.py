@@ -1,11 +1,10 @@
-"""Micro-batches: the CPU's host-dispatched step against the one-jit scan and
-against the whole batch, and the rule that picks their number on CPU."""
+"""training.micro_batches: the jitted gradient calls and one update, against the
+whole batch, and the compiled form the benchmarks count FLOPs with."""
 
 import jax
 import numpy as np
 import pytest
 
-from mem_diffusion import cpu_flags
 from mem_diffusion.run import metrics
 from mem_diffusion.run import micro_batches
 from mem_diffusion.run import parallel
@@ -43,17 +42,17 @@ def mesh():
   return parallel.data_mesh()
 
 
-def test_host_step_is_the_scan_step(mesh):
-  """Same micro-batches, same dropout keys: the host-dispatched step and the
-  one-jit scan compute the same update (dropout on)."""
-  config = th.micro_config(training__micro_batches=2)
-  host_step, *host = _one_step(config, mesh, host_accum=True)
-  scan_step, *scan = _one_step(config, mesh, host_accum=False)
-  assert isinstance(host_step, micro_batches.HostAccumulatedStep)
-  assert not isinstance(scan_step, micro_batches.HostAccumulatedStep)
-  _assert_same_step(host, scan, rtol=1e-5)
-  initial = parallel.fetch(state_lib.initial_state(config, mesh).params)
-  assert metrics.tree_sha256(host[0].params) != metrics.tree_sha256(initial)
+def test_the_config_key_alone_decides_the_split(mesh):
+  """No threshold of its own: a large CPU step is one program unless the
+  config asks for micro-batches, and then it is the micro-batched step."""
+  config = th.micro_config(training__batch_size=32, model__model_channels=128,
+                           data__image_size=32)
+  parts = state_lib.parts(config)
+  assert not isinstance(train.make_train_step(*parts[:4], config, mesh),
+                        micro_batches.MicroBatchedStep)
+  config.training.micro_batches = 4
+  step = train.make_train_step(*parts[:4], config, mesh)
+  assert isinstance(step, micro_batches.MicroBatchedStep) and step.micro_batches == 4
 
 
 def test_micro_batches_without_dropout_are_the_whole_batch(mesh):
@@ -70,53 +69,21 @@ def test_micro_batches_without_dropout_are_the_whole_batch(mesh):
     _assert_same_step(_one_step(other, mesh, accum=2)[1:], whole, rtol=2e-4)
 
 
-def test_compiled_host_step_runs_and_counts_every_micro_batch(mesh):
+def test_compiled_step_runs_and_counts_every_micro_batch(mesh):
   config = th.micro_config(training__micro_batches=2)
   parts = state_lib.parts(config)
-  step = train.make_train_step(*parts[:4], config, mesh, host_accum=True)
-  state, batch = state_lib.initial_state(config, mesh), _batch(config, mesh)
-  compiled = step.lower(state, batch).compile()
-  flops = compiled.cost_analysis()["flops"]
-  grad_sum = jax.eval_shape(step.parts[0], state.params)
-  micro = step.parts[1].lower(state, batch, np.int32(0), grad_sum).compile()
-  assert flops > 2 * micro.cost_analysis()["flops"] > 0
+  step = train.make_train_step(*parts[:4], config, mesh)
+  batch = _batch(config, mesh)
+  compiled, flops = micro_batches.compile_step(step, state_lib.initial_state(config, mesh),
+                                               batch)
+  grad_flops = step.grad.lower(state_lib.initial_state(config, mesh), batch,
+                               np.int32(0)).compile().cost_analysis()["flops"]
+  assert flops > 2 * grad_flops > 0
   direct = parallel.fetch(step(state_lib.initial_state(config, mesh), batch))
-  via_aot = parallel.fetch(compiled(state, batch))
+  via_aot = parallel.fetch(compiled(state_lib.initial_state(config, mesh), batch))
   assert metrics.tree_sha256(direct[0].params) == metrics.tree_sha256(via_aot[0].params)
-
-
-@pytest.mark.parametrize("batch,size,channels,accum,expected", [
-    (32, 32, 128, 1, 4),    # UNet-128 at batch 32: micro-batches of 8
-    (8, 32, 128, 1, 1),     # batch 8 is already at the limit
-    (128, 32, 128, 1, 16),  # the CIFAR-10 recipe's batch
-    (128, 32, 128, 2, 16),  # the user's accumulation is a floor, kept as a factor
-    (32, 32, 128, 8, 8),    # already finer than the rule asks
-    (12, 32, 128, 1, 2),    # 6 rows: the largest divisor within the limit
-    (16, 8, 32, 1, 1),      # toy configs are untouched
-    (16, 16, 32, 1, 1),     # so is the quickstart
-    (6, 64, 256, 1, 6),     # nothing fits: one image per micro-batch
-])
-def test_cpu_micro_batch_rule(batch, size, channels, accum, expected):
-  got = micro_batches.cpu_micro_batches(batch, size, channels, accum)
-  assert got == expected
-  assert batch % got == 0 and got % accum == 0
-
-
-def _config_for(batch, channels, size=32, accum=1):
-  config = th.micro_config()
-  config.training.batch_size, config.training.micro_batches = batch, accum
-  config.model.model_channels, config.data.image_size = channels, size
-  return config
-
-
-def test_execution_accum_steps_on_cpu(mesh):
-  config = _config_for(32, 128)
-  assert micro_batches.execution_accum_steps(config, mesh, environ={}) == 4
-  # The project's CPU defaults switch off together.
-  off = {cpu_flags.OPT_OUT: "0"}
-  assert micro_batches.execution_accum_steps(config, mesh, environ=off) == 1
-  # 2 rows per micro-batch would not split over the 4 test devices: the config's own.
-  assert mesh.devices.size == 4
-  assert micro_batches.execution_accum_steps(_config_for(8, 512), mesh, environ={}) == 1
-  # Nothing to do for a toy config.
-  assert micro_batches.execution_accum_steps(th.micro_config(), mesh, environ={}) == 1
+  # One jitted program (micro_batches = 1) compiles and counts as itself.
+  whole = train.make_train_step(*parts[:4], config, mesh, accum=1)
+  _, whole_flops = micro_batches.compile_step(whole, state_lib.initial_state(config, mesh),
+                                              batch)
+  assert 0.5 * flops < whole_flops < 1.5 * flops

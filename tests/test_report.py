@@ -46,12 +46,12 @@ def test_errorbar_figure_bars_and_the_zero_on_a_log_axis(tmp_path, monkeypatch):
   seen = {}
   save = report._save_figure  # pylint: disable=protected-access
 
-  def capture(plt, fig, path, **kw):
+  def capture(fig, path, **kw):
     ax = fig.axes[0]
     seen["ticks"] = [(t.get_position()[0], t.get_text()) for t in ax.get_xticklabels()]
     (bars,) = ax.containers
     seen["bars"] = [seg.tolist() for seg in bars.lines[2][0].get_segments()]
-    save(plt, fig, path, **kw)
+    save(fig, path, **kw)
 
   monkeypatch.setattr(report, "_save_figure", capture)
   panel = report.Panel("t", "ratio", {"gm": [(40, 0.5, 0.2, 0.6), (0, 0.9, 0.9, 1.0)]},

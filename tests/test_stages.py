@@ -119,6 +119,32 @@ def test_checkpoints_without_a_config_record_are_refused(workdir, stage):
     stages.run(_config(), workdir, (stage,))
 
 
+def _record_xla_flags(workdir, value):
+  with open(Workdir(workdir).config_json) as f:
+    record = json.load(f)
+  record["environment"]["xla_flags"] = value
+  with open(Workdir(workdir).config_json, "w") as f:
+    json.dump(record, f)
+
+
+def test_resuming_under_other_xla_flags_is_refused_unless_accepted(workdir, monkeypatch,
+                                                                   capsys):
+  """The checkpoints were trained under the recorded XLA_FLAGS; training on
+  under others mixes two numerics. Sampling and evaluating are not refused."""
+  monkeypatch.delenv("MEM_DIFFUSION_ACCEPT_ENVIRONMENT", raising=False)
+  _record_xla_flags(workdir, "--xla_cpu_enable_fast_math=true")
+  more = _config("training.num_steps=10")
+  with pytest.raises(errors.ConfigError, match="xla_flags: '--xla_cpu_enable_fast_math=true'") as e:
+    stages.run(more, workdir, ("train",))
+  assert "\n" not in str(e.value)
+  stages.run(_config(), workdir, ("train", "sample"))  # complete training is not resumed
+  report = stages.run(more, workdir, ("train",), accept_environment=True)
+  assert "note: resuming under another environment (accepted): xla_flags" in capsys.readouterr().out
+  with open(Workdir(workdir).config_json) as f:  # the record is the new session's
+    assert json.load(f)["environment"]["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+  assert report is None and stages.is_complete(more, workdir, "train")
+
+
 def test_unreadable_config_record_is_one_line(workdir):
   with open(Workdir(workdir).config_json, "w") as f:
     f.write('{"truncated": ')

@@ -93,12 +93,12 @@ def test_figures_draw_min_max_bars(agg, tmp_path, monkeypatch):
   drawn = {}
   save = report._save_figure  # pylint: disable=protected-access
 
-  def capture(plt, fig, path, **kw):
+  def capture(fig, path, **kw):
     ax = fig.axes[0]
     drawn[path] = {c.get_label(): c for c in ax.containers}
     drawn[path] = {label: [seg[:, 1].tolist() for seg in c.lines[2][0].get_segments()]
                    for label, c in drawn[path].items()}
-    save(plt, fig, path, **kw)
+    save(fig, path, **kw)
 
   monkeypatch.setattr(report, "_save_figure", capture)
   paths = study.write_figures(agg, str(tmp_path))

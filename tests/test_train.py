@@ -45,7 +45,15 @@ def test_summary_and_workdir_layout(reference):
   with open(os.path.join(workdir, "train_summary.json")) as f:
     assert json.load(f)["params_sha256"] == summary["params_sha256"]
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["training"]["num_steps"] == 24
+    record = json.load(f)
+  assert record["training"]["num_steps"] == 24
+  # What the numbers also depend on, in both records (mem_diffusion/run/environment.py).
+  facts = record["environment"]
+  assert facts == summary["environment"]
+  assert facts["platform"] == "cpu" and facts["num_devices"] == 4 and facts["micro_batches"] == 1
+  assert facts["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+  assert facts["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES", "")
+  assert facts["jax"] == jax.__version__ and facts["device_kind"]
   with open(os.path.join(workdir, "data", "train_manifest.json")) as f:
     assert json.load(f)["num_images"] == 16
   assert os.listdir(os.path.join(workdir, "tensorboard"))

@@ -36,6 +36,7 @@ from mem_diffusion.run import cli
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import report as report_lib
+from mem_diffusion.run import cpu_tuning
 from mem_diffusion.run import runtime
 from mem_diffusion.config import apply_override, load_config, validate_config
 
@@ -54,6 +55,7 @@ def _define_flags() -> None:
   flags.DEFINE_float("low", 0.1, "Replicate ratio under which memorization has collapsed.")
   flags.DEFINE_float("resolution", 1.25, "Stop when the bracket's ends differ by <= this factor.")
   flags.DEFINE_multi_string("set", [], "key=value override for every run.")
+  cpu_tuning.define_flags(flags)
   flags.DEFINE_string("compile_cache", "", "Persistent JAX compilation cache ('' = <root>/jax_cache, "
                       "'none' = off).")
   flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
@@ -176,6 +178,7 @@ def main(argv):
     seeds = [int(x) for x in FLAGS.seeds]
   except ValueError:
     cli.fail(f"--seeds must be integers, got {','.join(FLAGS.seeds)}")
+  cli.prepare_process(FLAGS.xla_cpu_tuning, FLAGS.huge_pages)
 
   def run():
     runtime.setup(verbose=FLAGS.verbose,

@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from mem_diffusion.run import cli
 from mem_diffusion import errors
 from mem_diffusion import files
+from mem_diffusion.run import cpu_tuning
 from mem_diffusion.run import runtime
 from mem_diffusion.run.workdir import Workdir
 
@@ -126,6 +127,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.loaded_config()
+  cli.prepare_process(FLAGS.xla_cpu_tuning, FLAGS.huge_pages)
   workdir = FLAGS.workdir or cli.default_workdir(config_flags.get_config_filename(FLAGS["config"]))
 
   def run():
@@ -145,4 +147,5 @@ if __name__ == "__main__":
                       "Respacings to compare: 'full', 'N' (respaced), 'ddimN'.")
   flags.DEFINE_string("compile_cache", "", "Persistent compilation cache ('none' = off).")
   flags.DEFINE_bool("verbose", False, "Show the INFO logs of JAX, orbax, absl and TensorFlow.")
+  cpu_tuning.define_flags(flags)
   app.run(main, flags_parser=cli.parse_flags)

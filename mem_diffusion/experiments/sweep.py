@@ -65,6 +65,8 @@ from absl import flags
 import ml_collections
 
 from mem_diffusion.run import cli
+from mem_diffusion.run import cpu_tuning
+from mem_diffusion.run import environment
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion.run import runtime
@@ -99,6 +101,7 @@ def _define_flags() -> None:
   flags.DEFINE_bool("worker", False, "Internal (--jobs > 1): run the one config and seed given, "
                     "without writing the summary.")
   flags.DEFINE_integer("pin_cpu", -1, "Internal: the CPU a --worker runs on (-1: any).")
+  cpu_tuning.define_flags(flags)
   from mem_diffusion.experiments import slurm  # pylint: disable=g-import-not-at-top  # submitit only for the CLI
   for name in slurm.define_flags():
     flags.declare_key_flag(name)  # listed by --help beside the sweep's own
@@ -180,7 +183,8 @@ def write_outputs(rows: Sequence[dict[str, Any]], root: str) -> list[str]:
       w.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()})
   os.replace(tmp, os.path.join(root, "summary.csv"))
   agg = study.aggregate(rows)
-  files.write_json(os.path.join(root, "summary.json"), {"rows": list(rows), "aggregate": agg})
+  files.write_json(os.path.join(root, "summary.json"), {  # each run's device: its train_summary.json
+      "rows": list(rows), "aggregate": agg, "environment": environment.process_facts()})
   files.write_bytes(os.path.join(root, "summary.md"), study.markdown(agg).encode())
   return study.write_figures(agg, root)
 
@@ -319,6 +323,9 @@ def main(argv):
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
     cli.fail(f"--seeds must be integers, got {','.join(FLAGS.seeds)}")
+  # Before JAX starts; workers inherit both, and with --jobs > 1 only they compute.
+  cli.prepare_process(FLAGS.xla_cpu_tuning, FLAGS.huge_pages,
+                      restart=FLAGS.jobs == 1 and FLAGS.cluster == "none")
   if FLAGS.worker:
     if len(specs) != 1 or len(seeds) != 1:
       cli.fail("--worker runs exactly one config and one seed")
@@ -338,7 +345,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from mem_diffusion import huge_pages  # pylint: disable=g-import-not-at-top
-  huge_pages.reexec_with_huge_pages()
   _define_flags()
   app.run(main)

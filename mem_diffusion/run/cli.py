@@ -16,6 +16,8 @@ from typing import Any, Callable, NoReturn, Sequence
 from absl import flags
 
 from mem_diffusion import errors
+from mem_diffusion.run import cpu_tuning
+from mem_diffusion.run import runtime
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -36,6 +38,22 @@ def call(fn: Callable[[], Any]) -> Any:
     lines = str(e).strip().splitlines() or [type(e).__name__]
     rest = "".join(f"\n  {l}" if l.strip() else "" for l in lines[1:])
     fail(lines[0] + rest, e.exit_code)
+
+
+def prepare_process(xla_cpu_tuning: bool | None, huge_pages: bool | None = None, *,
+                    restart: bool = True) -> dict[str, str]:
+  """What an entry point sets for its own process, first thing in main():
+  the CPU tuning (`--xla_cpu_tuning`, `--huge_pages`; cpu_tuning.apply, which
+  says what it sets and may restart the process once, or with `restart`
+  False sets the huge pages only for the processes this one starts) and
+  TensorFlow's quiet defaults. Returns what the tuning set."""
+  try:
+    tuned = cpu_tuning.apply(xla_cpu_tuning=xla_cpu_tuning, huge_pages=huge_pages,
+                             restart=restart, say=lambda line: print(line, flush=True))
+  except ValueError as e:
+    fail(str(e))
+  runtime.quiet_tensorflow()
+  return tuned
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:

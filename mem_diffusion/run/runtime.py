@@ -92,6 +92,21 @@ def enable_compile_cache(directory: str | None) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# TensorFlow (tfds, clu) reads these once, at its import. The defaults keep its
+# C++ chatter off the terminal: oneDNN announces itself on AVX-512 CPUs even
+# at TF_CPP_MIN_LOG_LEVEL=2. TensorFlow only gathers uint8 images here, so
+# its oneDNN math switch cannot change a result.
+TENSORFLOW_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def quiet_tensorflow(environ=None) -> None:
+  """Sets TENSORFLOW_DEFAULTS where the user exported nothing. For entry
+  points, before anything imports TensorFlow; the library never calls it."""
+  environ = os.environ if environ is None else environ
+  for key, value in TENSORFLOW_DEFAULTS.items():
+    environ.setdefault(key, value)
+
+
 def setup(*, verbose: bool = False, compile_cache: str = "") -> str | None:
   """Both of the above; returns the cache directory in use (None: off)."""
   set_verbosity(verbose)

@@ -22,7 +22,9 @@ alike: sampling a cosine-trained model with a linear chain, or evaluating
 against another train set, would be a silently wrong answer), and refuses a
 workdir with checkpoints but no readable `config.json`. Before the first
 checkpoint the record is not binding, so a failed start never locks a
-workdir.
+workdir. The record also holds the environment training ran under; training
+that resumes under other XLA flags, jax or device kind is refused unless
+accepted (mem_diffusion/run/environment.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import ml_collections
 
 from mem_diffusion import config as config_lib
 from mem_diffusion import errors
+from mem_diffusion.run import environment
 from mem_diffusion.run import evaluate
 from mem_diffusion import files
 from mem_diffusion.run import sampling
@@ -113,7 +116,7 @@ def check_config_record(config: ml_collections.ConfigDict, wd: Workdir) -> None:
     raise errors.WorkdirError(
         f"{wd.root} holds checkpoints but no config.json recording the config that "
         "made them; restore config.json or use a new --workdir")
-  saved = _read_json(wd.config_json)
+  saved, _ = environment.split_record(_read_json(wd.config_json))
   safe = config_lib.guard_workdir_config(json.dumps(saved), config)
   if safe:
     _say(f"note: keys changed since this workdir was made (allowed): {', '.join(safe)}")
@@ -211,10 +214,16 @@ def _remove(paths: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------
 # The stages.
 
-def _train(config: ml_collections.ConfigDict, wd: Workdir) -> None:
+def _train(config: ml_collections.ConfigDict, wd: Workdir,
+           accept_environment: bool | None = None) -> None:
   if is_complete(config, wd.root, "train"):
     _say(f"train: complete at step {config.training.num_steps} (skipped)")
     return
+  if wd.has_checkpoints():  # resuming: the numerics must be the checkpoints'
+    _, recorded = environment.split_record(_read_json(wd.config_json))
+    note = environment.check_resume(recorded, environment.facts(), accept=accept_environment)
+    if note:
+      _say(note)
   train.train_and_evaluate(config, wd.root)
 
 
@@ -249,13 +258,15 @@ def _eval(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
 
 def run(config: ml_collections.ConfigDict, workdir: str,
         stages: Sequence[str] = STAGES, *, validate: bool = True,
-        summary: Callable[[dict[str, Any], Workdir], None] | None = None
-        ) -> dict[str, Any] | None:
+        summary: Callable[[dict[str, Any], Workdir], None] | None = None,
+        accept_environment: bool | None = None) -> dict[str, Any] | None:
   """Runs `stages` in order in `workdir`, skipping complete ones; returns the report.
 
   Raises errors.UserError (with its exit code) for every documented failure.
   `validate=False` is for callers that validated the config already (the
   sweep checks every config before the first run starts).
+  `accept_environment` lets training resume under other XLA flags, jax or
+  device kind (None: MEM_DIFFUSION_ACCEPT_ENVIRONMENT; environment.py).
   """
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
@@ -269,7 +280,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     check_config_record(config, wd)
     for stage in stages:
       if stage == "train":
-        _train(config, wd)
+        _train(config, wd, accept_environment)
       elif stage == "sample":
         _sample(config, wd)
       else:

@@ -8,7 +8,8 @@ shardings), and that comes from tracing the initialiser.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import collections
+from typing import Any, Callable, Hashable, NamedTuple
 
 import flax
 import jax
@@ -97,28 +98,57 @@ def config_key(config: ml_collections.ConfigDict) -> tuple:
                       if not validate.is_safe_change(k)))
 
 
-_PARTS: dict[tuple, Parts] = {}
+class BoundedCache:
+  """The `size` most recently used values by key; older ones are dropped.
+
+  For objects that hold compiled programs: a notebook or an in-process sweep
+  goes through many configs, and an unbounded cache would keep every one's
+  executables alive. Rebuilding a dropped entry costs a compile (or a load
+  from the persistent compilation cache).
+  """
+
+  def __init__(self, size: int):
+    self.size = size
+    self._items: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+
+  def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+    if key in self._items:
+      self._items.move_to_end(key)
+      return self._items[key]
+    value = self._items[key] = make()
+    while len(self._items) > self.size:
+      self._items.popitem(last=False)
+    return value
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def clear(self) -> None:
+    self._items.clear()
+
+
+_PARTS = BoundedCache(4)
+
+
+def _make_parts(config: ml_collections.ConfigDict) -> Parts:
+  model = unet_from_config(config.model, config.data.image_size)
+  diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma)
+  tx = make_optimizer(config.training)
+  sampler = timestep_samplers.create(config.diffusion.timestep_sampler,
+                                     diffusion.num_timesteps)
+  return Parts(model, diffusion, tx, sampler, make_init_fn(model, tx, sampler, config))
 
 
 def parts(config: ml_collections.ConfigDict) -> Parts:
   """Model, diffusion, optimizer, timestep sampler and init fn of a config.
 
-  Cached per config_key, so that every caller in one process gets the same
-  objects (and jax's caches, keyed on them, hit).
+  Cached per config_key (a few configs), so that every caller in one process
+  gets the same objects and jax's caches, keyed on them, hit.
   """
-  key = config_key(config)
-  if key not in _PARTS:
-    model = unet_from_config(config.model, config.data.image_size)
-    diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma)
-    tx = make_optimizer(config.training)
-    sampler = timestep_samplers.create(config.diffusion.timestep_sampler,
-                                       diffusion.num_timesteps)
-    _PARTS[key] = Parts(model, diffusion, tx, sampler,
-                        make_init_fn(model, tx, sampler, config))
-  return _PARTS[key]
+  return _PARTS.get(config_key(config), lambda: _make_parts(config))
 
 
-_INITIAL: dict[tuple, Any] = {}
+_INITIAL = BoundedCache(2)
 
 
 def initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
@@ -130,15 +160,16 @@ def initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   take several times longer to compile than to run. The values are a pure
   function of (config, seed) either way (the option is always the same).
   """
-  key = (config_key(config), config.seed, tuple(d.id for d in mesh.devices.flat))
-  if key not in _INITIAL:
+  def compile_init():
     init_fn, seed = parts(config).init_fn, config.seed
     fn = jax.jit(lambda: init_fn(jax.random.PRNGKey(seed)),
                  out_shardings=parallel.replicated(mesh))
     options = ({"xla_backend_optimization_level": 0}
                if jax.default_backend() == "cpu" else None)
-    _INITIAL[key] = fn.lower().compile(compiler_options=options)
-  return _INITIAL[key]()
+    return fn.lower().compile(compiler_options=options)
+
+  key = (config_key(config), config.seed, tuple(d.id for d in mesh.devices.flat))
+  return _INITIAL.get(key, compile_init)()
 
 
 def abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from mem_diffusion.run import checkpoint as checkpoint_lib
+from mem_diffusion.run import environment
 from mem_diffusion import data
 from mem_diffusion import errors
 from mem_diffusion import files
@@ -55,26 +56,19 @@ Preempted = errors.Preempted
 
 
 def make_train_step(model, diffusion, tx, sampler, config,
-                    mesh: jax.sharding.Mesh, host_accum: bool | None = None,
-                    accum: int | None = None):
+                    mesh: jax.sharding.Mesh, accum: int | None = None):
   """The step (state, batch) -> (state, metrics); the state is donated.
 
   The batch arrives sharded over 'data'; params are replicated; XLA inserts
-  the gradient all-reduce. With A micro-batches (`accum`; by default
-  micro_batches.execution_accum_steps) the batch is split by striding (rows
-  i, i+A, ...), so each device keeps its own rows, and the gradients are
-  averaged. t and noise are drawn for the whole batch before the split, so
-  the split changes only the order of float sums and the dropout masks
-  (drawn per micro-batch). On accelerators the micro-batches run in a
-  lax.scan inside one jit, which keeps one micro-batch's activations alive;
-  on CPU (`host_accum`, the default there) as separate jitted calls, for the
-  reasons in mem_diffusion/run/micro_batches.py.
+  the gradient all-reduce. With A micro-batches (`accum`, by default
+  training.micro_batches) the batch is split by striding (rows i, i+A, ...),
+  so each device keeps its own rows, and the gradients are averaged. A = 1
+  is one jitted program; A > 1 is a micro_batches.MicroBatchedStep, the same
+  on every platform (mem_diffusion/run/micro_batches.py says why).
   """
   conditional = bool(config.model.num_classes)
   if accum is None:
-    accum = micro_batches.execution_accum_steps(config, mesh)
-  if host_accum is None:
-    host_accum = mesh.devices.flat[0].platform == "cpu"
+    accum = config.training.micro_batches
   decay = config.training.ema_decay
   num_t = diffusion.num_timesteps
   rep = parallel.replicated(mesh)
@@ -132,47 +126,38 @@ def make_train_step(model, diffusion, tx, sampler, config,
                               sampler_state=sampler_state)
     return new_state, stats
 
-  if accum > 1 and host_accum:
-    return micro_batches.host_accumulated_step(
-        grad_fn, inputs, micro_inputs, finish, merge, accum, rep, batch_sharding)
+  if accum > 1:
+    return micro_batches.build(grad_fn, inputs, micro_inputs, finish, merge, accum,
+                               rep, batch_sharding)
 
   def step(state: state_lib.TrainState, batch):
     drawn, sampler_state = inputs(state, batch)
-    t, weights = drawn[2], drawn[3]
-    if accum == 1:
-      (_, losses), grads = grad_fn(state.params, *drawn)
-    else:
-      def micro(grad_sum, i):
-        (_, l), g = grad_fn(state.params, *micro_inputs(drawn, i))
-        return jax.tree.map(jnp.add, grad_sum, g), l
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      grads, losses = jax.lax.scan(micro, zeros, jnp.arange(accum))
-      grads = jax.tree.map(lambda g: g / accum, grads)
-      losses = jax.tree.map(merge, losses)
-    return finish(state, grads, losses, t, weights, sampler_state)
+    (_, losses), grads = grad_fn(state.params, *drawn)
+    return finish(state, grads, losses, drawn[2], drawn[3], sampler_state)
 
   return jax.jit(step, in_shardings=(rep, batch_sharding),
                  out_shardings=(rep, rep), donate_argnums=0)
 
 
-_BUILD_CACHE: dict[Any, tuple] = {}
+_BUILD_CACHE = state_lib.BoundedCache(2)
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """(model, diffusion, tx, sampler, init_fn, train_step) for a config.
 
   The first five are state.parts(config); the step is cached per (config
-  minus safe keys, mesh), so that repeated runs in one process (a resume, the
-  tests) reuse the compiled step. Code that only restores a state needs
-  state.abstract_state, not this.
+  minus safe keys, mesh) for the two most recent configs, so that repeated
+  runs in one process (a resume, the tests) reuse the compiled step without
+  an in-process sweep keeping every config's. Code that only restores a
+  state needs state.abstract_state, not this.
   """
-  key = (state_lib.config_key(config), tuple(d.id for d in mesh.devices.flat))
-  if key not in _BUILD_CACHE:
+  def make():
     parts = state_lib.parts(config)
-    train_step = make_train_step(parts.model, parts.diffusion, parts.tx,
-                                 parts.sampler, config, mesh)
-    _BUILD_CACHE[key] = (*parts, train_step)
-  return _BUILD_CACHE[key]
+    return (*parts, make_train_step(parts.model, parts.diffusion, parts.tx,
+                                    parts.sampler, config, mesh))
+
+  key = (state_lib.config_key(config), tuple(d.id for d in mesh.devices.flat))
+  return _BUILD_CACHE.get(key, make)
 
 
 def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
@@ -181,9 +166,10 @@ def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
   writer.write_images(step, {"samples": grid[None]})
 
 
-def _write_config(config, workdir: str) -> None:
+def _write_config(config, workdir: str, facts: dict[str, Any]) -> None:
   if jax.process_index() == 0:
-    files.write_json(Workdir(workdir).config_json, config.to_dict())
+    files.write_json(Workdir(workdir).config_json,
+                     {**config.to_dict(), environment.RECORD_KEY: facts})
 
 
 def _over_training_watcher(config, workdir: str, mesh, train_set, start: int):
@@ -248,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # and before the workdir is claimed by a config.json.
   train_set = data.build_train_set(config.data)
   os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
+  facts = environment.facts(mesh.devices.flat, micro_batches=config.training.micro_batches)
+  _write_config(config, workdir, facts)
   if jax.process_index() == 0:
     data.write_manifest(train_set, Workdir(workdir).train_manifest, config.data)
 
@@ -285,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
     origin = (f"resumed at step {start} from {ckpt_dir}" if restored is not None
               else "starting at step 0")
-    accum = getattr(train_step, "accum", tcfg.micro_batches)
+    accum = tcfg.micro_batches
     split_text = (f" as {accum} micro-batches of {tcfg.batch_size // accum}"
                   if accum > 1 else "")
     progress.say(f"{origin}; training to step {num_steps}, {tcfg.batch_size} "
@@ -377,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     summary = _summary(state, meta_now(), mesh,
                        images_per_second=images_per_second, config=config)
     summary["resumed_from_step"] = start
+    summary[environment.RECORD_KEY] = facts
     if jax.process_index() == 0:
       files.write_json(summary_path, summary)
     progress.say(f"done at step {summary['step']}; wrote {summary_path}")

@@ -5,7 +5,9 @@ what is complete and redoing what the config no longer matches. --mode picks
 one stage. Exit codes: 0 done; 2 bad command, config or input; 1 the run
 failed (corrupt checkpoint, divergence, full disk); 128+signal preempted
 (state saved: rerun to resume). Multi-host: --multihost (TPU pods, SLURM) or
---coordinator_address/--num_processes/--process_id.
+--coordinator_address/--num_processes/--process_id, all processes on one
+shared workdir; a process that stops answering ends the run within
+--peer_timeout seconds (mem_diffusion/run/multihost.py).
 
 On a CPU run, main() first applies the CPU tuning and says so
 (`--xla_cpu_tuning`, `--huge_pages`: mem_diffusion/run/cpu_tuning.py; the
@@ -37,6 +39,9 @@ flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with cluster
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_integer("peer_timeout", 120, "Multi-process runs: the longest wait, in seconds, "
+                     "for a process that does not answer (at start-up and during the run) "
+                     "before the run ends with one error line.", lower_bound=1)
 flags.DEFINE_bool("accept_environment_change", False, "Resume training although XLA_FLAGS, "
                   "jax/jaxlib or the device kind differ from those recorded in config.json.")
 cpu_tuning.define_flags(flags)
@@ -50,18 +55,19 @@ def main(argv):
   workdir = FLAGS.workdir or cli.default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   # JAX (and with it the distributed runtime) starts only after the flags
   # parsed; TensorFlow only once the cheap checks passed (stages.run).
-  from mem_diffusion.run import parallel, stages  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion.run import multihost, stages  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   def run():
     runtime.setup(verbose=FLAGS.verbose, compile_cache=FLAGS.compile_cache)
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id, auto=FLAGS.multihost)
+    multihost.start(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                    auto=FLAGS.multihost, peer_timeout=FLAGS.peer_timeout,
+                    guard=not FLAGS.verbose)
     stages_to_run = stages.STAGES if FLAGS.mode == "all" else (FLAGS.mode,)
     print(f"{config.name}: {', '.join(stages_to_run)} in {workdir}", flush=True)
     stages.run(config, workdir, stages_to_run, summary=stages.print_summary,
                accept_environment=FLAGS.accept_environment_change or None)
 
-  cli.call(run)
+  cli.call(multihost.ending(run))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ e.g. `--config=configs/capacity.py:500,mondrian,tiny`. The run's name is
 from configs import _common
 
 
+@_common.precision_arg
 def get_config(arg: str = ""):
   tiny, opts = _common.parse_arg(arg, "configs/capacity.py",
                                  words=("mondrian",), keys=("n",),

@@ -15,6 +15,7 @@ Argument: comma-separated tokens,
 from configs import _common
 
 
+@_common.precision_arg
 def get_config(arg: str = ""):
   tiny, opts = _common.parse_arg(arg, "configs/minority_majority.py",
                                  keys=("minority", "majority"))

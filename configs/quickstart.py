@@ -9,13 +9,15 @@ are copies of a training image) and `eval/nearest_neighbors.png` shows each
 sample next to its two nearest training images. It is the N = 16 point of
 the toy capacity curve in docs/results.md, with more samples.
 
-Argument: 'tiny' (fewer steps and samples, for tests).
+Arguments: 'tiny' (fewer steps and samples, for tests); 'bf16' (bfloat16
+compute, docs/training.md "Precision"); e.g. `configs/quickstart.py:tiny,bf16`.
 """
 
 from configs import _common
 from configs import toy_capacity
 
 
+@_common.precision_arg
 def get_config(arg: str = ""):
   tiny, _ = _common.parse_arg(arg, "configs/quickstart.py")
   config = _common.build("quickstart", False, dataset="mondrian", num_original=16)

@@ -24,6 +24,7 @@ Argument: comma-separated tokens,
   N or n=N     train-set size (default 16)
   steps=S      training steps (default TOY_STEPS)
   tiny         test-sized: 300 steps, 32 samples (tests/test_sweep.py)
+  bf16         bfloat16 compute (every config file takes it: configs/_common.py)
 e.g. `--config=configs/toy_capacity.py:256`. The run's name is
 `toy_capacity_<N>`, with `_s<S>` appended when S != TOY_STEPS: the name is the
 default workdir of a sweep, so two settings must never share one.
@@ -87,6 +88,7 @@ def steps_suffix(steps: int) -> str:
   return "" if steps == TOY_STEPS else f"_s{steps}"
 
 
+@_common.precision_arg
 def get_config(arg: str = ""):
   file = "configs/toy_capacity.py"
   tiny, opts = _common.parse_arg(arg, file, keys=("n", "steps"), positional="n")

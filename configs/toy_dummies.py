@@ -33,6 +33,7 @@ _SAMPLING = ("uniform", "balanced")
 _DEFAULT_N = _DEFAULT_BATCH = 16
 
 
+@_common.precision_arg
 def get_config(arg: str = ""):
   file = "configs/toy_dummies.py"
   tiny, opts = _common.parse_arg(arg, file,

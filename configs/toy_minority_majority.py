@@ -24,6 +24,7 @@ from configs import _common
 from configs import toy_capacity
 
 
+@_common.precision_arg
 def get_config(arg: str = ""):
   file = "configs/toy_minority_majority.py"
   tiny, opts = _common.parse_arg(arg, file, keys=("minority", "majority", "steps"))

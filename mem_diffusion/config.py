@@ -348,11 +348,11 @@ def _check_respacing(key: str, spec: Any, steps: int) -> None:
 
 
 def check_devices(config: ConfigDict, num_devices: int) -> None:
-  """The global batch must split evenly over devices and micro-batches."""
-  b, a = config.training.batch_size, config.training.micro_batches
-  if b % (num_devices * a):
+  """Only training's batch must split over the devices: sampling pads exactly (run/sampling.py)."""
+  b, unit = config.training.batch_size, num_devices * config.training.micro_batches
+  if b % unit:
     raise ConfigError(f"training.batch_size={b} must be divisible by the number of devices "
-                      f"({num_devices}) x training.micro_batches ({a})")
+                      f"({num_devices}) x training.micro_batches = {unit}, e.g. {b // unit * unit or unit}")
 
 
 # ---------------------------------------------------------------------------

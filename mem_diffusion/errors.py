@@ -56,6 +56,19 @@ class OutputError(RunFailedError, OSError):
   """An output could not be written (disk full, unwritable path)."""
 
 
+class LeadFailed(UserError):
+  """Process 0 failed in work it does for all processes; the others say so
+  with its message and exit code."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(f"process 0: {message}")
+    self.exit_code = exit_code
+
+
+class PeerLost(RunFailedError):
+  """Another process of a multi-process run ended or stopped answering."""
+
+
 class Preempted(UserError):
   """SIGTERM/SIGINT: the current step was saved, the run can be resumed."""
 

@@ -1,7 +1,10 @@
 """The toy configs: their tokens, and names that tell every setting apart
-(a config's name is a sweep's workdir, so two settings must never share one)."""
+(a config's name is a sweep's workdir, so two settings must never share one);
+and the `bf16` token every config file takes."""
 
+import glob
 import itertools
+import os
 
 import pytest
 
@@ -60,3 +63,27 @@ def test_toy_minority_majority():
   assert toy_minority_majority.get_config("tiny").training.num_steps == 300
   with pytest.raises(ValueError, match="minority must be >= 1"):
     toy_minority_majority.get_config("minority=0")
+
+
+def _config_files():
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(root, "*.py")))
+  return [n for n in names if not n.startswith("_") and n != "default"]
+
+
+@pytest.mark.parametrize("name", _config_files())
+def test_every_config_takes_bf16(name):
+  """`bf16` switches the compute dtype in every file, alone or with tiny, and
+  names the run apart from its float32 twin; float32 stays the default."""
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  base, tiny = module.get_config(""), module.get_config("tiny")
+  assert base.model.compute_dtype == "float32"
+  for arg, plain in (("bf16", base), ("tiny,bf16", tiny), ("bf16,tiny", tiny)):
+    config = module.get_config(arg)
+    config_lib.validate_config(config)
+    assert config.model.compute_dtype == "bfloat16"
+    assert config.name == plain.name + "_bf16"
+    config.model.compute_dtype, config.name = "float32", plain.name
+    assert config.to_dict() == plain.to_dict()
+  with pytest.raises(ValueError, match="accepted, comma-separated: .*bf16"):
+    module.get_config("fp8")

@@ -9,58 +9,15 @@ raises a sharding type error (see docs/reference.md#mesh-auto-axis).
 
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from mem_diffusion import errors
+
 DATA_AXIS = "data"
-
-
-def initialize_distributed(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-    auto: bool = False,
-) -> bool:
-  """Starts jax.distributed when the run is launched as a multi-process job.
-
-  Explicit arguments win; otherwise the environment variables
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are read. With
-  `auto`, JAX's own cluster detection (TPU pods, SLURM, ...) fills the gaps.
-  A plain single-process run calls nothing, because `initialize()` without a
-  cluster to detect raises.
-
-  Returns whether jax.distributed was initialised.
-  """
-  coordinator_address = coordinator_address or os.environ.get(
-      "JAX_COORDINATOR_ADDRESS") or None
-  if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
-    num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-  if process_id is None and os.environ.get("JAX_PROCESS_ID"):
-    process_id = int(os.environ["JAX_PROCESS_ID"])
-  explicit = coordinator_address is not None or (num_processes or 1) > 1
-  if not (explicit or auto):
-    return False
-  if explicit and (coordinator_address is None or num_processes is None or
-                   process_id is None):
-    missing = [n for n, v in (("coordinator_address", coordinator_address),
-                              ("num_processes", num_processes),
-                              ("process_id", process_id)) if v is None]
-    raise ValueError(
-        "multi-process launch needs coordinator_address, num_processes and "
-        f"process_id; missing: {', '.join(missing)}")
-  jax.distributed.initialize(
-      coordinator_address=coordinator_address,
-      num_processes=num_processes,
-      process_id=process_id)
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
-  return True
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -145,3 +102,53 @@ def sync(name: str) -> None:
   """Barrier across processes (no-op with one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def gather(value: Any) -> np.ndarray:
+  """Every process's value of a numpy scalar or array, stacked by process index."""
+  if jax.process_count() == 1:
+    return np.asarray(value)[None]
+  return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
+
+
+def from_lead(tree: Any) -> Any:
+  """Process 0's value of a pytree of numpy values, on every process.
+
+  For decisions that read the shared workdir: two hosts can see a file
+  system differently for a moment (attribute caches), and processes that
+  decide differently would then run different collectives and wait for each
+  other forever. So process 0 decides and the others follow.
+  """
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
+
+
+_MESSAGE_BYTES = 2048
+
+
+def lead_only(fn: Callable[[], Any], read_back: Callable[[], Any]) -> Any:
+  """fn() on process 0 only; the others wait for it, then `read_back()`.
+
+  For work that writes shared outputs (the evaluation's report and
+  figures): one writer per file. A documented failure on process 0
+  (errors.UserError) is raised on every process, with its message and exit
+  code, instead of leaving the others waiting for a process that has gone.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  result, error, code, message = None, None, 0, b""
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except errors.UserError as e:
+      code, message = e.exit_code, str(e).encode()[:_MESSAGE_BYTES]
+      error = e
+  text = np.zeros(_MESSAGE_BYTES, np.uint8)
+  text[:len(message)] = np.frombuffer(message, np.uint8)
+  code, text = from_lead((np.int32(code), text))
+  if int(code):
+    if jax.process_index() == 0:
+      raise error
+    raise errors.LeadFailed(bytes(text).rstrip(b"\0").decode(errors="replace"), int(code))
+  return result if jax.process_index() == 0 else read_back()

@@ -12,6 +12,14 @@ numbers independent of how the chunk is sharded, so the same config gives the
 same images on 1 CPU, 8 GPUs or a pod. The last chunk is padded to the full
 chunk size (one compilation) and truncated.
 
+Any `sampling.batch_size` runs on any number of devices: a chunk that does
+not split evenly is padded with extra rows up to the next multiple of the
+device count, and the extra samples are dropped. Padding is exact because
+threefry draws the first rows of an array the same whatever rows follow
+(every draw of the chain has the chunk's rows as its leading axis), and
+each row's chain is computed independently of the others. The padded rows
+cost their compute: 500 on 16 devices samples 512 and keeps 500.
+
 Labels (class-conditional models): `sampling.label` for every sample, or with
 label -1 every class in turn, sample i (counted over the whole run) getting
 i % model.num_classes. The labels written next to the images are the ones the
@@ -38,7 +46,6 @@ import numpy as np
 
 from mem_diffusion.run import checkpoint as checkpoint_lib
 from mem_diffusion.port import convert
-from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import npz_io
 from mem_diffusion.run import parallel
@@ -120,7 +127,10 @@ def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
 
 
 def make_chunk_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """(ema_params, key, start=0) -> uint8 (chunk, H, W, 3), sharded over 'data'.
+  """(ema_params, key, start=0) -> uint8 (chunk, H, W, 3) numpy images on every process.
+
+  The chunk is computed sharded over 'data', padded to a multiple of the
+  device count (module docstring), and gathered to the host.
 
   `start` is the run-wide index of the chunk's first sample; only the labels
   of `sampling.label = -1` depend on it. The labels are made on the host by
@@ -148,7 +158,8 @@ def _cached_chunk_sampler(relevant_json: str, mesh: jax.sharding.Mesh):
   diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma,
                                     scfg.respacing)
   chunk, size = scfg.batch_size, config.data.image_size
-  shape = (chunk, size, size, 3)
+  padded = -(-chunk // mesh.devices.size) * mesh.devices.size
+  shape = (padded, size, size, 3)
   sharded = parallel.batch_sharded(mesh)
   ddim = bool(scfg.use_ddim or scfg.respacing.startswith("ddim"))
 
@@ -168,10 +179,11 @@ def _cached_chunk_sampler(relevant_json: str, mesh: jax.sharding.Mesh):
   replicated = parallel.replicated(mesh)
   jitted = jax.jit(sample_chunk, in_shardings=(replicated, None, replicated),
                    out_shardings=sharded)
-  if not config.model.num_classes:
-    return lambda params, key, start=0: jitted(params, key, None)
-  return lambda params, key, start=0: jitted(
-      params, key, sample_labels(config, start, chunk).astype(np.int32))
+  def run(params, key, start=0):
+    labels = (sample_labels(config, start, padded).astype(np.int32)
+              if config.model.num_classes else None)
+    return np.asarray(parallel.fetch(jitted(params, key, labels)))[:chunk]
+  return run
 
 
 def preview_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -179,17 +191,15 @@ def preview_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
 
   The sampling module's chunk sampler with the preview's size and chain
   length (training.grid_*) and the sampling section's other settings, so the
-  preview shows what --mode=sample would make, only fewer and coarser. The
-  chunk is rounded up to a multiple of the device count and truncated.
+  preview shows what --mode=sample would make, only fewer and coarser.
   """
   n = config.training.grid_num_samples
-  devices = mesh.devices.size
   preview = config.copy_and_resolve_references()
-  preview.sampling.batch_size = -(-n // devices) * devices
+  preview.sampling.batch_size = n
   preview.sampling.respacing = config.training.grid_respacing
   preview.sampling.use_ddim = False  # DDIM only if grid_respacing says 'ddimN'
   sample_chunk = make_chunk_sampler(preview, mesh)
-  return lambda params, key: np.asarray(parallel.fetch(sample_chunk(params, key)))[:n]
+  return sample_chunk
 
 
 def _spec(config: ml_collections.ConfigDict, source: dict[str, Any]) -> dict[str, Any]:
@@ -226,10 +236,6 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes the samples npz and grid.png; returns the npz path."""
   scfg = config.sampling
   mesh = parallel.data_mesh()
-  if scfg.batch_size % mesh.devices.size:
-    raise errors.ConfigError(
-        f"sampling.batch_size={scfg.batch_size} must be divisible by the number "
-        f"of devices ({mesh.devices.size})")
   workdir = os.path.abspath(workdir)
   out_path = samples_path(config, workdir)
   chunk_dir = Workdir(workdir).sample_chunks
@@ -247,12 +253,14 @@ def sample_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
                                    items_per_unit=chunk, enabled=lead)
   progress.say(f"{n} images in {num_chunks} chunks of {chunk} with the "
                f"{chain_description(scfg)} on {progress_lib.devices_text(mesh.devices.size)}")
-  for c in range(num_chunks):
-    path = os.path.join(chunk_dir, f"chunk_{c:05d}.npz")
-    if os.path.exists(path):  # written by process 0 of an earlier run
+  # Chunks written by process 0 of an earlier run, as process 0 sees them:
+  # every process must sample the same chunks (each is a collective).
+  paths = [os.path.join(chunk_dir, f"chunk_{c:05d}.npz") for c in range(num_chunks)]
+  done = parallel.from_lead(np.array([os.path.exists(p) for p in paths], bool))
+  for c, path in enumerate(paths):
+    if done[c]:
       continue
-    images = np.asarray(parallel.fetch(
-        sample_chunk(params, jax.random.fold_in(root, c), c * chunk)))
+    images = sample_chunk(params, jax.random.fold_in(root, c), c * chunk)
     if lead:
       files.write_npz(path, images=images)
     progress.update(c + 1)

@@ -43,7 +43,9 @@ from mem_diffusion import config as config_lib
 from mem_diffusion import errors
 from mem_diffusion.run import environment
 from mem_diffusion.run import evaluate
+from mem_diffusion.run import multihost
 from mem_diffusion import files
+from mem_diffusion.run import parallel
 from mem_diffusion.run import sampling
 from mem_diffusion.run import train
 from mem_diffusion.run import workdir_lock
@@ -238,6 +240,7 @@ def _sample(config: ml_collections.ConfigDict, wd: Workdir) -> None:
   sampling.sample_to_workdir(config, wd.root)
   if _is_lead():
     _write_json(wd.samples_record, {"stage": "sample", "fingerprint": fingerprint})
+  parallel.sync("samples_recorded")  # the others read the record next
 
 
 def _eval(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
@@ -250,7 +253,9 @@ def _eval(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
     _say(f"eval: {os.path.relpath(wd.report_json)} is up to date (skipped)")
     return _read_json(wd.report_json)
   _remove([wd.eval_record])
-  report = evaluate.evaluate_workdir(config, wd.root)
+  report = parallel.lead_only(  # one writer of the report and figures
+      lambda: evaluate.evaluate_workdir(config, wd.root),
+      lambda: _read_json(wd.report_json))
   if _is_lead():
     _write_json(wd.eval_record, {"stage": "eval", "fingerprint": fingerprint})
   return report
@@ -275,6 +280,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     config_lib.validate_config(config)
   wd = Workdir(workdir)
   check_workdir_path(wd)
+  multihost.check_shared_workdir(wd.root)
   report = None
   with workdir_lock.hold_for_run(wd.root):
     check_config_record(config, wd)
@@ -335,3 +341,6 @@ def summary_lines(report: dict[str, Any], wd: Workdir) -> list[str]:
 def print_summary(report: dict[str, Any], wd: Workdir) -> None:
   if _is_lead():
     print("\n".join(summary_lines(report, wd)), file=sys.stdout, flush=True)
+  else:  # one line per host, so a pod's logs show each process ended on the same answer
+    print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 wrote "
+          f"the outputs (report sha256 {multihost.report_digest(report)})", flush=True)

@@ -42,6 +42,8 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-process ru
 flags.DEFINE_integer("peer_timeout", 120, "Multi-process runs: the longest wait, in seconds, "
                      "for a process that does not answer (at start-up and during the run) "
                      "before the run ends with one error line.", lower_bound=1)
+flags.DEFINE_bool("allow_unfinished", False, "Sample/evaluate the newest checkpoint of an "
+                  "unfinished training run; its outputs then say 'step S of N'.")
 flags.DEFINE_bool("accept_environment_change", False, "Resume training although XLA_FLAGS, "
                   "jax/jaxlib or the device kind differ from those recorded in config.json.")
 cpu_tuning.define_flags(flags)
@@ -65,6 +67,7 @@ def main(argv):
     stages_to_run = stages.STAGES if FLAGS.mode == "all" else (FLAGS.mode,)
     print(f"{config.name}: {', '.join(stages_to_run)} in {workdir}", flush=True)
     stages.run(config, workdir, stages_to_run, summary=stages.print_summary,
+               allow_unfinished=FLAGS.allow_unfinished,
                accept_environment=FLAGS.accept_environment_change or None)
 
   cli.call(multihost.ending(run))

@@ -342,7 +342,8 @@ def _check_respacing(key: str, spec: Any, steps: int) -> None:
   if steps:
     from mem_diffusion.diffusion import respace  # pylint: disable=g-import-not-at-top
     try:
-      respace.space_timesteps(int(steps), spec)
+      if not respace.space_timesteps(int(steps), spec):  # '0': sampling would fail after training
+        raise ValueError(f"keeps none of the {steps} steps; expected at least 1")
     except (ValueError, TypeError) as e:
       raise ConfigError(f"{key}={spec!r}: {str(e).splitlines()[0]}") from None
 

@@ -12,6 +12,7 @@ writes a table:
 
   <workdir>/chains/<chain>/       a sample+eval workdir per chain (resumable)
   <workdir>/chains/params.msgpack the EMA params all chains sample from
+  <workdir>/chains/params.msgpack.json  their checkpoint's step and EMA digest
   <workdir>/chains/summary.md     ratio, its interval, blend ratio and quality per chain
   <workdir>/chains/summary.json
 
@@ -54,17 +55,28 @@ def parse_chains(text: str) -> list[str]:
 
 
 def export_params(config: ml_collections.ConfigDict, workdir: str, path: str) -> dict[str, Any]:
-  """Writes the workdir's latest EMA params to `path` once; returns its source."""
+  """Writes the workdir's latest EMA params to `path`; returns their record.
+
+  Written again whenever the checkpoint's EMA digest or the file no longer
+  match `<path>.json`: a file left from a shorter training would otherwise
+  be scored and reported as the newest step's model.
+  """
   # JAX loads after flag parsing.
   import jax  # pylint: disable=g-import-not-at-top
   from mem_diffusion.port import convert  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from mem_diffusion.run import parallel, sampling  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mem_diffusion.run import parallel, records, sampling  # pylint: disable=g-import-not-at-top,g-multiple-import
   params, source = sampling.load_sampling_params(config, workdir, parallel.data_mesh())
-  if jax.process_index() == 0 and not os.path.exists(path):
+  source["ema_sha256"] = records.checkpoint_meta(Workdir(workdir), source["step"]).get("ema_sha256")
+  record, _ = records.read_record(path + ".json")
+  stale = (record is None or record["fingerprint"] != records.canonical(source)
+           or record.get("output") != records.file_digest(path))
+  if stale and jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     convert.save_params(parallel.fetch(params), path + ".tmp")
     os.replace(path + ".tmp", path)
-  return source
+    record = {"fingerprint": records.canonical(source), "output": records.file_digest(path)}
+    files.write_json(path + ".json", record)
+  return {**source, "params_file_sha256": ((record or {}).get("output") or {}).get("sha256")}
 
 
 def chain_config(config: ml_collections.ConfigDict, spec: str,

@@ -25,7 +25,6 @@ import numpy as np
 from mem_diffusion import data
 from mem_diffusion import files
 from mem_diffusion import npz_io
-from mem_diffusion.run import over_training
 from mem_diffusion.analysis import quality
 from mem_diffusion.analysis import replicates
 from mem_diffusion import report as report_lib
@@ -98,8 +97,15 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
   return report
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates `<workdir>/samples/samples_*.npz`; writes `<workdir>/eval/`."""
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
+                     context: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Evaluates `<workdir>/samples/samples_*.npz`; writes `<workdir>/eval/`.
+
+  `context` is what the report says about the training behind the samples
+  (step S of N, final loss, the over-training summary); the stage runner
+  checks it against the samples' and the curve's records, which this
+  function cannot, so it reads no training output itself.
+  """
   workdir = os.path.abspath(workdir)
   path = sampling.samples_path(config, workdir)
   if not os.path.exists(path):
@@ -115,15 +121,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
            "sampling_chain": sampling.chain_description(config.sampling),
            "dummy_kind": config.data.dummy_kind, "num_dummy": config.data.num_dummy,
            "num_original": config.data.num_original, "seed": config.seed}
-  summary_path = Workdir(workdir).train_summary
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
-    extra["train_step"] = summary.get("step")
-    extra["final_loss"] = summary.get("final_loss")
-  curve = over_training.read_curve(Workdir(workdir).over_training_json)
-  if curve:  # the final ratio next to the highest one seen while training
-    extra["over_training"] = over_training.summarize(curve)
+  extra.update(context or {})
   report = evaluate_arrays(
       samples, train_set.images, heldout, eval_cfg=config.eval,
       out_dir=Workdir(workdir).eval_dir, sample_labels=labels,

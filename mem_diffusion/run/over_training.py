@@ -15,9 +15,16 @@ set as new real images). The points go to TensorBoard and to
 Determinism and resume: each point samples with a key derived from
 (sampling.seed, step) only, so a point is a function of the EMA params at
 that step. A resumed run drops the points after the step it restored (they
-may have been computed before a kill that lost their checkpoint) and
-recomputes them bit for bit, so a killed and resumed run writes the same
-curve as an uninterrupted one.
+may have been computed before a kill that lost their checkpoint), scores the
+restored step if a kill took its point, and recomputes the rest bit for bit,
+so a killed and resumed run writes the same curve as an uninterrupted one.
+
+The curve is part of training's record: the file names the settings its
+points depend on (records.curve_settings) and the run, and every point the
+SHA-256 of the EMA params it scored. Points made under other settings, by
+another run, or from other params than the kept checkpoint of their step
+are dropped when training resumes, and the report leaves out a curve that
+this config would not make (records.reportable_curve).
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ import numpy as np
 
 from mem_diffusion import errors
 from mem_diffusion import files
+from mem_diffusion.run import metrics
 from mem_diffusion.run import parallel
+from mem_diffusion.run import records
 from mem_diffusion.analysis import replicates
 from mem_diffusion import report as report_lib
 from mem_diffusion.run import sampling
@@ -90,9 +99,36 @@ class Watcher:
     if heldout is not None and heldout.shape[0] >= 4:
       _, sq = replicates.nearest_k(heldout, train_images, 1)
       self._heldout_d1 = float(np.median(np.sqrt(sq[:, 0].astype(np.float64))))
-    # Points after the restored step belong to a trajectory being redone.
-    self.points = [p for p in read_curve(self.path) if p["step"] <= start_step]
     self._chain = config.eval.every_respacing or "full chain"
+    self._settings = records.curve_settings(config)
+    self._run_id = records.run_id(self._wd)
+    self.points = self._reusable_points(config, start_step)
+
+  def _reusable_points(self, config: ml_collections.ConfigDict, start_step: int
+                       ) -> list[dict[str, Any]]:
+    """The stored points this run would make again; says once why others go."""
+    try:
+      curve = records.read_json(self.path)
+    except errors.WorkdirError:
+      curve = "damaged"
+    if curve is None:
+      return []
+    why = records.curve_changes(curve, config, self._run_id)
+    if why is None:
+      # Points after the restored step belong to a trajectory being redone;
+      # one whose kept checkpoint holds other params was not this run's.
+      points = [p for p in curve["points"] if p["step"] <= start_step]
+      if all(self._params_match(p) for p in points):
+        return points
+      why = "made from other params than the checkpoints of its steps"
+    if self._lead:
+      print(f"over training: {os.path.relpath(self.path, self._wd.root)} was {why}; "
+            "its points are dropped", flush=True)
+    return []
+
+  def _params_match(self, point: dict[str, Any]) -> bool:
+    kept = records.checkpoint_meta(self._wd, point["step"]).get("ema_sha256")
+    return kept is None or kept == point.get("ema_sha256")
 
   @property
   def path(self) -> str:
@@ -108,6 +144,7 @@ class Watcher:
   def __call__(self, step: int, ema_params: Any, writer=None) -> dict[str, Any]:
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self._seed), _KEY_TAG), step)
     samples = np.asarray(parallel.fetch(self._sampler(ema_params, key)))
+    ema_sha256 = metrics.tree_sha256(parallel.fetch(ema_params))
     report, per_sample = replicates.analyze(samples, self._train, threshold=self._threshold,
                                             blend_k=0)
     median_d1 = float(np.median(per_sample["d1"]))
@@ -115,7 +152,8 @@ class Watcher:
              "replicate_ci95": report["replicate_ci95"],
              "num_samples": int(samples.shape[0]),
              "median_d1_ratio": (median_d1 / max(self._heldout_d1, 1e-12)
-                                 if self._heldout_d1 is not None else None)}
+                                 if self._heldout_d1 is not None else None),
+             "ema_sha256": ema_sha256}
     self.points = [p for p in self.points if p["step"] != step] + [point]
     self.points.sort(key=lambda p: p["step"])
     if writer is not None:
@@ -130,8 +168,9 @@ class Watcher:
     if not self._lead:
       return
     os.makedirs(self._wd.eval_dir, exist_ok=True)
-    files.write_json(self.path, {"chain": self._chain, "points": self.points,
-                                      "summary": summarize(self.points)})
+    files.write_json(self.path, {"chain": self._chain, "settings": self._settings,
+                                 "run_id": self._run_id, "points": self.points,
+                                 "summary": summarize(self.points)})
     steps = [p["step"] for p in self.points]
     series = {"replicate ratio": [p["replicate_ratio"] for p in self.points]}
     if all(p["median_d1_ratio"] is not None for p in self.points):

@@ -3,18 +3,25 @@
 A stage is complete only when its outputs carry a record of what produced
 them and that record matches what the current config would produce now:
 
-- train: `train_summary.json` at `training.num_steps` (training itself
-  resumes from the newest intact checkpoint otherwise);
-- sample: `samples/record.json` = the model/diffusion config, every
-  `sampling.*` key and the checkpoint step (or params file) sampled from;
-- eval: `eval/record.json` = the samples' record, every `eval.*` key and the
-  digest of the train-set manifest evaluated against.
+- train: `train_summary.json` and the newest checkpoint at
+  `training.num_steps` (training itself resumes from the newest intact
+  checkpoint otherwise);
+- sample: `samples/record.json`; eval: `eval/record.json`: the digests of
+  the params, the files and the config keys each was made from
+  (mem_diffusion/run/records.py).
 
-Anything else is redone, and the run says so in one line: a changed
-`sampling.num_samples`, a longer training run or a new `eval.*` key never
-leaves an old report standing. Records are written after their outputs and
-removed before a stage is redone, so a crash in between can only cause
-extra work, never a stale result.
+Anything else is redone, and the run says so in one line naming what
+changed: a changed `sampling.num_samples`, a longer training run, a new
+`eval.*` key or a sample file replaced by another never leaves an old report
+standing. A stage writes its new outputs first, then its record, and only
+then removes the outputs they replace, so a stage that fails (or a crash)
+leaves the previous complete outputs and can only cause extra work.
+
+Training's answer is the config's: a config asking for fewer steps than the
+checkpoints hold is refused, and sample and eval refuse an unfinished
+training run unless `allow_unfinished` asks for its latest checkpoint; then
+the report, the summary and every figure say "step S of N". A report carries
+an over-training curve only if this config would make exactly that curve.
 
 The workdir is bound to a config once a checkpoint exists: every mode then
 refuses a config that changes what training computed (train/sample/eval
@@ -30,7 +37,6 @@ accepted (mem_diffusion/run/environment.py).
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -44,8 +50,10 @@ from mem_diffusion import errors
 from mem_diffusion.run import environment
 from mem_diffusion.run import evaluate
 from mem_diffusion.run import multihost
-from mem_diffusion import files
+from mem_diffusion.run import over_training
 from mem_diffusion.run import parallel
+from mem_diffusion.run import records
+from mem_diffusion import files
 from mem_diffusion.run import sampling
 from mem_diffusion.run import train
 from mem_diffusion.run import workdir_lock
@@ -58,17 +66,7 @@ def _say(message: str) -> None:
   print(message, flush=True)
 
 
-def _read_json(path: str) -> Any:
-  """The parsed file, or None when absent; an unreadable file is a WorkdirError."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise errors.WorkdirError(f"{path} is unreadable ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); "
-                              "restore it or use a new --workdir") from None
+_read_json = records.read_json
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -77,19 +75,6 @@ def _write_json(path: str, obj: Any) -> None:
 
 def _is_lead() -> bool:
   return jax.process_index() == 0
-
-
-def _canonical(obj: Any) -> Any:
-  """JSON round trip, so tuples and lists (and key order) compare equal."""
-  return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _differences(old: Any, new: Any, limit: int = 3) -> str:
-  old_flat, new_flat = config_lib.flatten(old or {}), config_lib.flatten(new)
-  keys = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
-  shown = [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}"
-           for k in keys[:limit]]
-  return "; ".join(shown) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 # ---------------------------------------------------------------------------
@@ -119,90 +104,61 @@ def check_config_record(config: ml_collections.ConfigDict, wd: Workdir) -> None:
         f"{wd.root} holds checkpoints but no config.json recording the config that "
         "made them; restore config.json or use a new --workdir")
   saved, _ = environment.split_record(_read_json(wd.config_json))
+  saved = records.without_marker(saved)
   safe = config_lib.guard_workdir_config(json.dumps(saved), config)
   if safe:
     _say(f"note: keys changed since this workdir was made (allowed): {', '.join(safe)}")
 
 
 # ---------------------------------------------------------------------------
-# What produced each stage's outputs.
+# Whether each stage's outputs are what the config would make now.
 
-def _trained_keys(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Every key that changes what training computes (the guard's unsafe keys)."""
-  return {k: v for k, v in config_lib.flatten(config).items()
-          if not config_lib.is_safe_change(k)}
-
-
-def _latest_checkpoint_step(wd: Workdir) -> int | None:
-  try:
-    steps = [int(n) for n in os.listdir(wd.checkpoints) if n.isdigit()]
-  except (FileNotFoundError, NotADirectoryError):
-    return None
-  return max(steps) if steps else None
+def _sample_check(config: ml_collections.ConfigDict, wd: Workdir
+                  ) -> tuple[dict[str, Any], bool, str | None]:
+  """(the samples' fingerprint now, whether the samples match it, why not)."""
+  fingerprint = records.sample_fingerprint(config, wd)
+  npz = wd.samples_npz(config.sampling.num_samples, config.data.image_size)
+  return (fingerprint, *records.check_reuse(wd, wd.samples_record, fingerprint, npz))
 
 
-def _params_source(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
-  path = config.sampling.params_file
-  if path:
-    try:
-      st = os.stat(path)
-    except OSError as e:
-      raise errors.InputError(f"sampling.params_file {path}: {e.strerror}") from None
-    return {"params_file": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-  step = _latest_checkpoint_step(wd)
-  if step is None:
-    raise errors.WorkdirError(
-        f"no checkpoint in {wd.checkpoints}: train first (--mode=train or --mode=all) "
-        "or set --config.sampling.params_file to a converted params file")
-  return {"checkpoint_step": step}
-
-
-def sample_fingerprint(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
-  return _canonical({"trained": _trained_keys(config), "sampling": config.sampling.to_dict(),
-                     "source": _params_source(config, wd)})
-
-
-def eval_fingerprint(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
-  samples = _read_json(wd.samples_record) or {}
-  manifest = None
-  if os.path.exists(wd.train_manifest):
-    with open(wd.train_manifest, "rb") as f:
-      manifest = hashlib.sha256(f.read()).hexdigest()
-  return _canonical({"samples": samples.get("fingerprint"), "eval": config.eval.to_dict(),
-                     "train_manifest_sha256": manifest})
-
-
-def _up_to_date(record_path: str, outputs: Sequence[str], fingerprint: dict[str, Any],
-                what: str) -> bool:
-  """Whether outputs exist and were made as the config says; says why not, once."""
-  record = _read_json(record_path)
-  present = [p for p in outputs if os.path.exists(p)]
-  if record is not None and record.get("fingerprint") == fingerprint and len(present) == len(outputs):
-    return True
-  if record is not None:
-    _say(f"{what}: made with other settings ({_differences(record.get('fingerprint'), fingerprint)}); "
-         "redoing")
-  elif present:
-    _say(f"{what}: no record of what made {os.path.basename(present[0])}; redoing")
-  return False
+def _report_context(config: ml_collections.ConfigDict, wd: Workdir, samples: dict[str, Any]
+                    ) -> tuple[dict[str, Any], str | None]:
+  """What the report says about training, and why a stored curve is left out."""
+  step = (samples["fingerprint"].get("source") or {}).get("checkpoint_step")
+  points, why = records.reportable_curve(config, wd, step)
+  if step is None:  # a params file: no training of this workdir behind the samples
+    return {}, why
+  num_steps = int(config.training.num_steps)
+  context = {"train_step": step, "train_num_steps": num_steps,
+             "training": ("finished" if step == num_steps
+                          else records.unfinished_note(step, num_steps))}
+  summary = _read_json(wd.train_summary)
+  if isinstance(summary, dict) and summary.get("step") == step:
+    context["final_loss"] = summary.get("final_loss")
+  if points:
+    context["over_training"] = over_training.summarize(points)
+  return context, why
 
 
 def is_complete(config: ml_collections.ConfigDict, workdir: str, stage: str) -> bool:
   """Whether `stage`'s outputs in `workdir` are what `config` would produce now."""
   wd = Workdir(workdir)
-  if stage == "train":
-    summary = _read_json(wd.train_summary) or {}
-    return summary.get("step") == config.training.num_steps and wd.has_checkpoints()
-  if stage == "sample":
-    record_path, fingerprint = wd.samples_record, sample_fingerprint(config, wd)
-    outputs = [wd.samples_npz(config.sampling.num_samples, config.data.image_size)]
-  elif stage == "eval":
-    record_path, fingerprint, outputs = wd.eval_record, eval_fingerprint(config, wd), [
-        wd.report_json]
-  else:
+  if stage not in STAGES:
     raise errors.ConfigError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
-  record = _read_json(record_path) or {}
-  return record.get("fingerprint") == fingerprint and all(map(os.path.exists, outputs))
+  if stage == "train":
+    summary = _read_json(wd.train_summary)
+    return (isinstance(summary, dict) and summary.get("step") == config.training.num_steps
+            and records.latest_step(wd) == config.training.num_steps)
+  try:
+    _, ok, _ = _sample_check(config, wd)
+    if stage == "sample" or not ok:
+      return ok
+    samples, _ = records.read_record(wd.samples_record)
+    context, _ = _report_context(config, wd, samples)
+    fingerprint = records.eval_fingerprint(config, wd, samples, context)
+    return records.check_reuse(wd, wd.eval_record, fingerprint, wd.report_json)[0]
+  except errors.UserError:  # an input missing (no checkpoint): the stage says so when it runs
+    return False
 
 
 def _remove(paths: Sequence[str]) -> None:
@@ -218,6 +174,7 @@ def _remove(paths: Sequence[str]) -> None:
 
 def _train(config: ml_collections.ConfigDict, wd: Workdir,
            accept_environment: bool | None = None) -> None:
+  records.check_not_past(config, wd)
   if is_complete(config, wd.root, "train"):
     _say(f"train: complete at step {config.training.num_steps} (skipped)")
     return
@@ -229,45 +186,88 @@ def _train(config: ml_collections.ConfigDict, wd: Workdir,
   train.train_and_evaluate(config, wd.root)
 
 
-def _sample(config: ml_collections.ConfigDict, wd: Workdir) -> None:
-  fingerprint = sample_fingerprint(config, wd)
+def _training_position(config: ml_collections.ConfigDict, wd: Workdir,
+                       allow_unfinished: bool) -> None:
+  """Refuses to sample a longer or (unless allowed) an unfinished training run."""
+  if config.sampling.params_file:
+    return
+  records.check_not_past(config, wd)
+  step, num_steps = records.latest_step(wd), int(config.training.num_steps)
+  if step is not None and step < num_steps:
+    if not allow_unfinished:
+      records.refuse_unfinished(step, num_steps, "sample")
+    _say(f"sample: training is {records.unfinished_note(step, num_steps)} (allowed)")
+
+
+def _sample(config: ml_collections.ConfigDict, wd: Workdir,
+            allow_unfinished: bool = False) -> None:
+  _training_position(config, wd, allow_unfinished)
+  fingerprint, ok, why = _sample_check(config, wd)
   npz = wd.samples_npz(config.sampling.num_samples, config.data.image_size)
-  if _up_to_date(wd.samples_record, [npz], fingerprint, "samples"):
+  if ok:
     _say(f"sample: {os.path.relpath(npz)} is up to date (skipped)")
     return
-  _remove([wd.samples_record, wd.eval_record]
-          + glob.glob(os.path.join(wd.samples_dir, "samples_*.npz")))
+  if why:
+    _say(f"samples: {why}; redoing")
   sampling.sample_to_workdir(config, wd.root)
-  if _is_lead():
-    _write_json(wd.samples_record, {"stage": "sample", "fingerprint": fingerprint})
+  if _is_lead():  # the new samples first, then their record, then what they replace
+    if "training" in fingerprint:
+      records.label_figure(wd.samples_grid, f"training {fingerprint['training']}")
+    _write_json(wd.samples_record, {"stage": "sample", "fingerprint": fingerprint,
+                                    "output": records.output_record(wd, npz)})
+  _remove([p for p in glob.glob(os.path.join(wd.samples_dir, "samples_*.npz")) if p != npz])
   parallel.sync("samples_recorded")  # the others read the record next
 
 
-def _eval(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:
+def _eval(config: ml_collections.ConfigDict, wd: Workdir,
+          allow_unfinished: bool = False) -> dict[str, Any]:
   npz = wd.samples_npz(config.sampling.num_samples, config.data.image_size)
-  if not os.path.exists(npz) or _read_json(wd.samples_record) is None:
+  if not os.path.lexists(npz) and not os.path.lexists(wd.samples_record):
     raise errors.WorkdirError(f"no finished samples at {npz}: run --mode=sample "
                               "(or --mode=all) first")
-  fingerprint = eval_fingerprint(config, wd)
-  if _up_to_date(wd.eval_record, [wd.report_json], fingerprint, "eval"):
+  if not config.sampling.params_file:
+    records.check_not_past(config, wd)
+  _, ok, why = _sample_check(config, wd)
+  if not ok:
+    raise errors.WorkdirError(f"the samples cannot be evaluated: {why or f'no file {npz}'}; "
+                              "run --mode=sample (or --mode=all) first")
+  samples, _ = records.read_record(wd.samples_record)
+  context, curve_note = _report_context(config, wd, samples)
+  unfinished = context.get("training", "finished") != "finished"
+  if unfinished:
+    if not allow_unfinished:
+      records.refuse_unfinished(context["train_step"], context["train_num_steps"], "evaluate")
+    _say(f"eval: training is {context['training']} (allowed)")
+  fingerprint = records.eval_fingerprint(config, wd, samples, context)
+  ok, why = records.check_reuse(wd, wd.eval_record, fingerprint, wd.report_json)
+  if ok:
     _say(f"eval: {os.path.relpath(wd.report_json)} is up to date (skipped)")
     return _read_json(wd.report_json)
-  _remove([wd.eval_record])
+  for line in (why and f"{why}; redoing", curve_note):
+    if line:
+      _say(f"eval: {line}")
   report = parallel.lead_only(  # one writer of the report and figures
-      lambda: evaluate.evaluate_workdir(config, wd.root),
+      lambda: evaluate.evaluate_workdir(config, wd.root, context=context),
       lambda: _read_json(wd.report_json))
   if _is_lead():
-    _write_json(wd.eval_record, {"stage": "eval", "fingerprint": fingerprint})
+    if unfinished:
+      for png in (wd.nearest_neighbors_png, wd.ratio_hist_png, wd.distance_cdf_png):
+        records.label_figure(png, f"training {context['training']}")
+    _write_json(wd.eval_record, {"stage": "eval", "fingerprint": fingerprint,
+                                 "output": records.output_record(wd, wd.report_json)})
   return report
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
         stages: Sequence[str] = STAGES, *, validate: bool = True,
+        allow_unfinished: bool = False,
         summary: Callable[[dict[str, Any], Workdir], None] | None = None,
         accept_environment: bool | None = None) -> dict[str, Any] | None:
   """Runs `stages` in order in `workdir`, skipping complete ones; returns the report.
 
   Raises errors.UserError (with its exit code) for every documented failure.
+  `allow_unfinished` lets sample and eval take an unfinished training run's
+  newest checkpoint (main.py --allow_unfinished); the outputs then say so.
   `validate=False` is for callers that validated the config already (the
   sweep checks every config before the first run starts).
   `accept_environment` lets training resume under other XLA flags, jax or
@@ -281,16 +281,18 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   wd = Workdir(workdir)
   check_workdir_path(wd)
   multihost.check_shared_workdir(wd.root)
+  records.check_owner(wd)
   report = None
   with workdir_lock.hold_for_run(wd.root):
     check_config_record(config, wd)
+    records.check_checkpoints_are_this_runs(wd)
     for stage in stages:
       if stage == "train":
         _train(config, wd, accept_environment)
       elif stage == "sample":
-        _sample(config, wd)
+        _sample(config, wd, allow_unfinished)
       else:
-        report = _eval(config, wd)
+        report = _eval(config, wd, allow_unfinished)
   if report is not None and summary is not None:
     summary(report, wd)
   return report
@@ -307,7 +309,9 @@ def summary_lines(report: dict[str, Any], wd: Workdir) -> list[str]:
   """The few numbers a researcher reads first, and where the rest is."""
   n = report.get("num_samples")
   ci = report.get("replicate_ci95") or [None, None]
-  lines = [f"== result: {os.path.relpath(wd.root)} ==",
+  training = report.get("training")
+  note = f" (training {training})" if training and training != "finished" else ""
+  lines = [f"== result: {os.path.relpath(wd.root)}{note} ==",
            f"replicate ratio      {_fmt(report.get('replicate_ratio'))}  "
            f"({report.get('num_replicates', '-')}/{n} samples with d1/d2 < "
            f"{_fmt(report.get('threshold'), 3)}; 95% CI {_fmt(ci[0])}-{_fmt(ci[1])})"]

@@ -40,6 +40,7 @@ from mem_diffusion.run import micro_batches
 from mem_diffusion.run import over_training
 from mem_diffusion.run import parallel
 from mem_diffusion.run import progress as progress_lib
+from mem_diffusion.run import records
 from mem_diffusion import report
 from mem_diffusion.run import sampling
 from mem_diffusion.run import signals as signals_lib
@@ -169,7 +170,8 @@ def _write_grid(images: np.ndarray, path: str, writer, step: int) -> None:
 def _write_config(config, workdir: str, facts: dict[str, Any]) -> None:
   if jax.process_index() == 0:
     files.write_json(Workdir(workdir).config_json,
-                     {**config.to_dict(), environment.RECORD_KEY: facts})
+                     {**config.to_dict(), environment.RECORD_KEY: facts,
+                      **records.marker_entry(workdir)})
 
 
 def _over_training_watcher(config, workdir: str, mesh, train_set, start: int):
@@ -257,6 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     else:
       state, meta = state_lib.initial_state(config, mesh), {}
     start = int(parallel.fetch(state.step))
+    if start > num_steps:  # a longer run's model must not answer for a shorter config
+      raise errors.ConfigError(records.past_message(num_steps, start, ckpt_dir))
     summary_path = Workdir(workdir).train_summary
     if start >= num_steps and os.path.exists(summary_path):
       with open(summary_path) as f:
@@ -280,6 +284,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                  f"{progress_lib.devices_text(mesh.devices.size)} (the first step compiles)")
     grid_fn = sampling.preview_sampler(config, mesh) if tcfg.sample_grid_every else None
     watcher = _over_training_watcher(config, workdir, mesh, train_set, start)
+    if watcher is not None and restored is not None and watcher.due(start):
+      # A kill between the checkpoint and its point: score the restored params.
+      point = watcher(start, state.ema_params, writer)
+      progress.say(f"step {start}: replicate ratio {point['replicate_ratio']:.3f} "
+                   f"({point['num_samples']} samples; recomputed on resume)")
+    run_id = records.run_id(Workdir(workdir))
     grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state_lib.GRID)
     dataset = data.make_dataset(
         train_set, config.data, global_batch_size=tcfg.batch_size,
@@ -339,7 +349,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
           stop = parallel.any_process(stop)
         if save_now or stop:
           flush_checked()
-          ckpt.save(step, state, meta_now())
+          # The run id and EMA digest let sampling tell this run's checkpoint
+          # from another's copied in, without restoring it (records.py).
+          ckpt.save(step, state, {**meta_now(), "run_id": run_id, "ema_sha256":
+                                  metrics_lib.tree_sha256(parallel.fetch(state.ema_params))})
         if stop:
           ckpt.wait()
           writer.flush()

@@ -5,8 +5,9 @@ contract; spelling them out in each module let them drift apart. Keeping the
 layout in one small TF- and JAX-free module also lets the stage runner, the
 sweep and the tests ask "is this output there?" without importing a stage.
 
-  config.json                      config of the run (binding once a checkpoint exists)
-  checkpoints/<step>/              orbax
+  config.json                      config of the run (binding once a checkpoint exists),
+                                   marked as the project's, with the run's id
+  checkpoints/<step>/              orbax; its meta names the run and the EMA's SHA-256
   tensorboard/                     clu metric writer
   data/train_manifest.json         which images (source, index, label)
   train_summary.json               final step, loss, params/EMA SHA-256
@@ -14,10 +15,10 @@ sweep and the tests ask "is this output there?" without importing a stage.
   samples/samples_<N>x<H>x<W>x3.npz   improved-diffusion's format
   samples/chunks/                  finished chunks of an unfinished sampling run
   samples/grid.png
-  samples/record.json              what produced the samples (written last)
+  samples/record.json              what produced the samples, with digests (records.py)
   eval/report.json, eval/*.png, eval/per_sample.npz
-  eval/over_training.json, .png    replicate ratio at intervals of training
-  eval/record.json                 what produced the report (written last)
+  eval/over_training.json, .png    replicate ratio at intervals of training (and its settings)
+  eval/record.json                 what produced the report, with digests (records.py)
 """
 
 from __future__ import annotations

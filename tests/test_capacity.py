@@ -32,6 +32,7 @@ def test_bad_search_arguments_are_config_errors(tmp_path):
                     resolution=1.0)
 
 
+@pytest.mark.slow
 def test_micro_search_writes_points_and_numbers(tmp_path):
   """Two sizes of a 30-step toy: whichever way the ratios fall, the result is consistent."""
   micro = ["training.num_steps=30", "diffusion.steps=20", "sampling.respacing=10",

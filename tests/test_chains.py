@@ -20,6 +20,7 @@ def test_parse_chains():
     chains.parse_chains("50,50")
 
 
+@pytest.mark.slow
 def test_two_chains_score_the_same_params(tmp_path, monkeypatch):
   config = load_config("configs/toy_capacity.py:8,tiny")
   for o in MICRO:

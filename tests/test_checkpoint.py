@@ -139,6 +139,7 @@ def partial(tmp_path_factory):
   return th.train_micro(tmp_path_factory, "partial", PARTIAL)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disk", ["tmpfs", "injected"])
 def test_full_disk_during_training_stops_then_resumes_exactly(disk, reference, partial,
                                                               tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import sys
 import zipfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from configs import default
@@ -18,6 +19,7 @@ OVERRIDES = {"dataset": "mondrian", "num_original": 24, "dummy_kind": "geometric
              "num_dummy": 16, "image_size": 8, "seed": 3}
 
 
+@pytest.mark.slow
 def test_export_cli_is_byte_identical_and_previews(tmp_path):
   out_a = str(tmp_path / "a" / "set.npz")
   cmd = [sys.executable, "-m", "mem_diffusion.data.export",

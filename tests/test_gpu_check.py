@@ -59,6 +59,7 @@ def _positive(x) -> bool:
   return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 def test_environment_is_recorded(smoke):
   result, _, _ = smoke
   assert result["mode"] == "smoke"
@@ -75,6 +76,7 @@ def test_environment_is_recorded(smoke):
   assert _positive(result["wall_seconds"])
 
 
+@pytest.mark.slow
 def test_runs_on_a_bare_image_without_ml_collections_or_tensorflow(smoke):
   result, table, _ = smoke
   assert result["tensorflow_imported"] is False
@@ -103,6 +105,7 @@ def test_the_stand_in_builds_the_config_the_library_validates(monkeypatch):
   assert json.loads(config) == json.loads(json.dumps(real))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_train_step_rates(smoke, dtype):
   result, _, _ = smoke
@@ -128,6 +131,7 @@ def test_train_step_rates(smoke, dtype):
   assert row["device_peak_bytes_so_far"] is None  # CPU reports no memory stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_and_sampling_rates(smoke, dtype):
   result, _, _ = smoke
@@ -147,6 +151,7 @@ def test_forward_and_sampling_rates(smoke, dtype):
   assert 0.8 < fwd["xla_flops"] / fwd["model_flops"] < 1.25
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_projections_follow_from_the_rates(smoke, dtype):
   result, _, _ = smoke
@@ -164,6 +169,7 @@ def test_projections_follow_from_the_rates(smoke, dtype):
       21 * (p["train_hours"] + p["sample_respaced_250_hours"]))
 
 
+@pytest.mark.slow
 def test_markdown_table(smoke):
   result, table, stdout = smoke
   lines = table.splitlines()
@@ -182,6 +188,7 @@ def test_markdown_table(smoke):
   assert "gpu_check.md" in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RUN_REFERENCE, reason="needs torch and MEM_DIFFUSION_REFERENCE_DIR "
                     "(an improved-diffusion checkout)")
 def test_reference_is_the_same_model(smoke):

@@ -39,6 +39,7 @@ def test_curve_has_a_point_every_interval(uninterrupted):
   assert os.path.getsize(Workdir(uninterrupted).over_training_png) > 5000
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_writes_the_same_curve(uninterrupted, tmp_path):
   workdir = str(tmp_path / "killed")
   wd = Workdir(workdir)

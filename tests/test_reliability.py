@@ -76,6 +76,7 @@ def _steps(workdir):
                 if n.isdigit())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["bit_flip_in_array_data", "truncated_files",
                                  "garbage_metadata", "meta_item_missing"])
 def test_broken_newest_checkpoint_falls_back_and_matches(reference, partial, tmp_path,
@@ -96,6 +97,7 @@ def test_broken_newest_checkpoint_falls_back_and_matches(reference, partial, tmp
   assert "checkpoint 12" in warnings and "moved aside" in warnings, warnings
 
 
+@pytest.mark.slow
 def test_every_checkpoint_broken_stops_instead_of_starting_over(partial, tmp_path):
   workdir = _copy(partial, tmp_path)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -113,6 +115,7 @@ def test_every_checkpoint_broken_stops_instead_of_starting_over(partial, tmp_pat
     train.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 def test_only_moved_aside_checkpoints_left_stops(partial, tmp_path):
   workdir = _copy(partial, tmp_path)
   ckpt_dir = os.path.join(workdir, "checkpoints")

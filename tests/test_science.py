@@ -34,7 +34,7 @@ from mem_diffusion.run import train
 # "Determinism contract"). The bar is therefore "most samples are copies"
 # (>= 0.5), far above the controls (<= 0.1, measured 0.0), instead of a bar
 # inside the spread.
-pytestmark = pytest.mark.trajectory
+pytestmark = [pytest.mark.trajectory, pytest.mark.slow]
 
 NUM_IMAGES = 4
 NUM_STEPS = 1200

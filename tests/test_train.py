@@ -88,6 +88,7 @@ def test_rerun_of_finished_run_changes_nothing(reference):
   assert again["params_sha256"] == ref["params_sha256"] and again["step"] == 24
 
 
+@pytest.mark.slow
 @pytest.mark.trajectory
 def test_one_device_matches_four(reference, tmp_path, monkeypatch):
   ref_dir, _ = reference
@@ -146,6 +147,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monkeypat
   assert not os.path.exists(os.path.join(str(tmp_path), "train_summary.json"))
 
 
+@pytest.mark.slow
 def test_grad_accumulation_sample_grid_and_progress_lines(tmp_path, capsys):
   """Two micro-batches per step, the periodic EMA sample grid (5 images: the
   sampler's chunk is padded to 8 for 4 devices and cut), and what the

@@ -124,6 +124,7 @@ def tiny_forward(fresh):
   return run, params
 
 
+@pytest.mark.slow
 def test_dropout_only_in_train_mode(tiny_forward):
   run, params = tiny_forward
   a, b, c = (run(params, jax.random.key(s)) for s in (1, 1, 2))
@@ -133,6 +134,7 @@ def test_dropout_only_in_train_mode(tiny_forward):
   np.testing.assert_array_equal(a["eval"], a["plain"])  # eval mode ignores the rate
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32(tiny_forward):
   run, params = tiny_forward
   out = run(params, jax.random.key(1))

@@ -52,6 +52,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> None:
   assert a.shape == b.shape and diff.max() <= 1 and np.mean(diff == 0) > 0.999
 
 
+@pytest.mark.slow
 def test_padded_chunks_keep_every_sample():
   """6 rows on 4 devices pad to 8 and drop 2: the same 6 images as on 2
   devices (no padding) and on 1."""

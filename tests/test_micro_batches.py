@@ -55,6 +55,7 @@ def test_the_config_key_alone_decides_the_split(mesh):
   assert isinstance(step, micro_batches.MicroBatchedStep) and step.micro_batches == 4
 
 
+@pytest.mark.slow
 def test_micro_batches_without_dropout_are_the_whole_batch(mesh):
   """t and noise are drawn before the split, so without dropout 2 or 4
   micro-batches give the whole batch's step up to float summation order; a
@@ -69,6 +70,7 @@ def test_micro_batches_without_dropout_are_the_whole_batch(mesh):
     _assert_same_step(_one_step(other, mesh, accum=2)[1:], whole, rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_compiled_step_runs_and_counts_every_micro_batch(mesh):
   config = th.micro_config(training__micro_batches=2)
   parts = state_lib.parts(config)

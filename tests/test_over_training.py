@@ -29,6 +29,7 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_curve_has_a_point_every_interval(uninterrupted):
   curve = _curve(uninterrupted)
   assert [p["step"] for p in curve["points"]] == [4, 8, 12, 16]

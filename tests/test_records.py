@@ -91,6 +91,7 @@ def workdir(finished, tmp_path):
   return path
 
 
+@pytest.mark.slow
 def test_records_name_what_they_were_made_from(finished):
   root, report = finished
   wd = Workdir(root)
@@ -111,6 +112,7 @@ def test_records_name_what_they_were_made_from(finished):
   assert report["over_training"]["num_points"] == 2
 
 
+@pytest.mark.slow
 def test_fewer_steps_than_trained_is_refused_in_one_line(workdir):
   """A config asking for 4 steps must not get the 8-step model's answer."""
   r = _main(_flags("training.num_steps=4") + [f"--workdir={workdir}", "--mode=train"])
@@ -167,6 +169,7 @@ def test_point_lost_to_a_kill_is_recomputed_on_resume(tmp_path):
   assert _read(killed.over_training_json)["points"] == _read(straight.over_training_json)["points"]
 
 
+@pytest.mark.slow
 def test_changed_curve_settings_leave_the_curve_out_of_the_report(workdir, capsys):
   report = stages.run(_config("eval.every_steps=0"), workdir)
   out = capsys.readouterr().out
@@ -178,6 +181,7 @@ def test_changed_curve_settings_leave_the_curve_out_of_the_report(workdir, capsy
   assert "over_training" not in report and "eval.every_num_samples: 8 -> 16" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["another_runs_file", "truncated"])
 def test_replaced_or_truncated_samples_are_redone(workdir, other_run, finished, damage, capsys):
   wd = Workdir(workdir)
@@ -197,6 +201,7 @@ def test_replaced_or_truncated_samples_are_redone(workdir, other_run, finished, 
   assert report["replicate_ratio"] == finished[1]["replicate_ratio"]
 
 
+@pytest.mark.slow
 def test_unfinished_training_is_sampled_only_when_asked(workdir):
   """Checkpoint 8 of a config that asks for 16 steps."""
   wd = Workdir(workdir)
@@ -223,6 +228,7 @@ def test_unfinished_training_is_sampled_only_when_asked(workdir):
   _one_error_line(r, "step 8 of 16")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_run_is_refused(workdir, other_run):
   wd = Workdir(workdir)
   step = os.path.join(wd.checkpoints, "8")
@@ -249,6 +255,7 @@ def test_a_users_config_json_is_not_replaced(tmp_path):
   assert not (workdir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_sample_stage_keeps_the_completed_samples(workdir, monkeypatch):
   wd = Workdir(workdir)
   kept = [os.path.join(wd.samples_dir, NPZ), wd.samples_record, wd.eval_record, wd.report_json]
@@ -265,6 +272,7 @@ def test_a_failing_sample_stage_keeps_the_completed_samples(workdir, monkeypatch
   assert [_bytes(p) for p in kept] == before
 
 
+@pytest.mark.slow
 def test_a_deleted_report_is_named(workdir, finished, capsys):
   os.remove(Workdir(workdir).report_json)
   report = stages.run(_config(), workdir)
@@ -273,6 +281,7 @@ def test_a_deleted_report_is_named(workdir, finished, capsys):
   assert report["replicate_ratio"] == finished[1]["replicate_ratio"]
 
 
+@pytest.mark.slow
 def test_samples_without_their_record_are_named(workdir):
   wd = Workdir(workdir)
   os.remove(wd.samples_record)
@@ -283,6 +292,7 @@ def test_samples_without_their_record_are_named(workdir):
   assert "has no record" in message and "--mode=sample" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", ["samples", "eval"])
 @pytest.mark.parametrize("content", ["[]", '{"fingerprint": ', '"text"'])
 def test_a_damaged_record_is_redone_with_one_line(workdir, record, content, capsys):
@@ -298,6 +308,7 @@ def test_a_damaged_record_is_redone_with_one_line(workdir, record, content, caps
   assert isinstance(_read(path), dict)
 
 
+@pytest.mark.slow
 def test_eval_of_samples_older_than_the_checkpoint_is_refused(workdir):
   """Training went on after sampling: --mode=eval must not report the old model."""
   wd = Workdir(workdir)
@@ -310,6 +321,7 @@ def test_eval_of_samples_older_than_the_checkpoint_is_refused(workdir):
   np.testing.assert_equal(_read(wd.samples_record), record)
 
 
+@pytest.mark.slow
 def test_chains_score_the_newest_params(workdir):
   """A params file exported at step 8 must not be scored as step 12's model."""
   from mem_diffusion.experiments import chains  # pylint: disable=g-import-not-at-top

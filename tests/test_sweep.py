@@ -34,6 +34,7 @@ def swept(tmp_path_factory):
   return root, rows
 
 
+@pytest.mark.slow
 def test_summary_files(swept):
   root, rows = swept
   assert [r["name"] for r in rows] == ["toy_capacity_8", "toy_gm_8_balanced_n8"]
@@ -65,6 +66,7 @@ def _assert_png(path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_figures_written(swept, tmp_path):
   root, rows = swept
   # GM with balanced batches: the dummies-fill figure, from the no-dummy run at x = 0.
@@ -77,6 +79,7 @@ def test_figures_written(swept, tmp_path):
   _assert_png(str(tmp_path / "capacity.png"))
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(swept, monkeypatch):
   root, rows = swept
 
@@ -88,6 +91,7 @@ def test_rerun_skips_finished_runs(swept, monkeypatch):
   assert [r["replicate_ratio"] for r in again] == [r["replicate_ratio"] for r in rows]
 
 
+@pytest.mark.slow
 def test_changed_step_count_resumes_and_reevaluates(swept):
   root, _ = swept
   spec = SPECS[0]
@@ -142,6 +146,7 @@ def test_split_specs_keeps_config_arguments():
       "configs/a.py", "configs/b.py:1000,tiny", "configs/c.py:kind=gm,m=4"]
 
 
+@pytest.mark.slow
 def test_changed_num_samples_resamples_and_reevaluates(swept):
   root, _ = swept
   # At 10 steps: the step-count test may have trained this workdir to 10, and a

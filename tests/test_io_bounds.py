@@ -2,16 +2,12 @@
 
 Every reader of an input file (samples and train npz, a sampling chunk, the
 converter's npz and .pt, `sampling.params_file`) meets /dev/zero, a link to
-it, a FIFO, a directory, a socket, an empty, a zero-filled and a truncated
-file and a header that declares an enormous shape; each must give one line
-saying what the file is. The reads run in a daemon thread with a deadline, so
-a regression that blocks on a FIFO (or reads /dev/zero forever) fails here
-instead of hanging CI.
+it, a FIFO, a directory, a socket, empty, zero-filled and truncated files and
+a header declaring an enormous shape: one line saying what the file is. Reads
+run in a daemon thread with a deadline, so one that blocks fails, not hangs.
 
-Every write through mem_diffusion.files meets a full disk: a real small
-tmpfs where this machine lets the test mount one (tests/disk_helpers.py),
-and an injected ENOSPC always. Checkpoint saves that fail, alone and in the
-middle of training: tests/test_checkpoint.py.
+Every write through mem_diffusion.files meets a full disk: a small tmpfs where
+the test can mount one (tests/disk_helpers.py), and an injected ENOSPC always.
 """
 
 import contextlib

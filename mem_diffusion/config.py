@@ -66,10 +66,10 @@ def load_config(spec: str) -> ConfigDict:
   """'path/to/file.py[:arg]' -> get_config(arg), locked as config flags lock it. The
   file's repository root goes on sys.path: `from configs import default` works anywhere."""
   path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} not found")
-  if not path.endswith(".py"):
-    raise ConfigError(f"config file {path!r} is not Python (expected a .py file)")
+  if not (os.path.isfile(path) and path.endswith(".py")):  # /dev/null, a folder: no config
+    why = ("not found" if not os.path.exists(path) else "is not a file" if not
+           os.path.isfile(path) else "is not Python (expected a .py file)")
+    raise ConfigError(f"config file {path!r} {why}")
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   if root not in sys.path:
     sys.path.insert(0, root)
@@ -104,16 +104,15 @@ def apply_override(config: ConfigDict, assignment: str) -> None:
   try:
     config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, sys_argv=argv)
     flag_values(argv)
-  except (KeyError, AttributeError):
-    parts, node = key.split("."), config
-    for part in parts[:-1]:
-      node = node.get(part) if isinstance(node, ConfigDict) else None
-      if node is None:
-        raise ConfigError(f"--set {assignment!r}: no config section {part!r}") from None
-    raise ConfigError(f"--set {assignment!r}: unknown config key {key!r}") from None
-  except (flags.Error, ValueError, TypeError):
-    old = functools.reduce(lambda node, part: node[part], key.split("."), config)
-    raise ConfigError(f"--set {assignment!r}: {raw!r} is not a valid {type(old).__name__} "
+  except (KeyError, AttributeError, flags.Error, ValueError, TypeError):
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):  # where the key stops (' a.b ' too: no stripping)
+      if not (isinstance(node, ConfigDict) and part in node):
+        what = (f"no config section {part!r}" if i < len(parts) - 1
+                else f"unknown config key {key!r}")
+        raise ConfigError(f"--set {assignment!r}: {what}") from None
+      node = node[part]
+    raise ConfigError(f"--set {assignment!r}: {raw!r} is not a valid {type(node).__name__} "
                       f"for {key}") from None
 
 
@@ -216,7 +215,7 @@ def validate_config(config: ConfigDict, *, data_checks: bool = True) -> None:
   _int("training.keep_checkpoints", t.keep_checkpoints, 1, 1000)
   _int("training.sample_grid_every", t.sample_grid_every, 0, None, "0 = no periodic grid")
   _int("training.grid_num_samples", t.grid_num_samples, 1, 1024, "sampled in one batch")
-  _int("sampling.num_samples", s.num_samples, 1, MAX_IMAGES, "held in host memory")
+  _int("sampling.num_samples", s.num_samples, 2, MAX_IMAGES, "quality needs 2; held in memory")
   _int("sampling.batch_size", s.batch_size, 1, MAX_BATCH)
   _real("sampling.eta", s.eta, "[0, 1]", "above 1 DDIM's noise gives NaN images")
   _int("sampling.label", s.label, -1, 999, "-1 = every class in turn")
@@ -226,7 +225,7 @@ def validate_config(config: ConfigDict, *, data_checks: bool = True) -> None:
   if e.blend_k == 1:
     raise ConfigError("eval.blend_k=1: expected 0 (no blend test) or an integer >= 2")
   _int("eval.num_heldout", e.num_heldout, 1, 100_000, "held in host memory")
-  _real("eval.dup_rms", e.dup_rms, "[0, 255]", "an RMS pixel difference")
+  _real("eval.dup_rms", e.dup_rms, "[0, 16]", "RMS pixel difference; 255 merges every image")
   _int("eval.every_steps", e.every_steps, 0, None, "0 = no over-training curve")
   _int("eval.every_num_samples", e.every_num_samples, 2, MAX_BATCH, "sampled in one chunk")
 
@@ -331,14 +330,14 @@ def validate_model_config(m: ConfigDict, image_size: int) -> None:
                         f"(model_channels={mc} x channel_mult {channels // mc}) of attention")
 
 
-_RESPACING = re.compile(r"|ddim\d+|\d+(,\d+)*")
+_RESPACING = re.compile(r"(?!(ddim)?[0,]+$)(|ddim\d+|\d+(,\d+)*)")  # not '0': no step at all
 
 
 def _check_respacing(key: str, spec: Any, steps: int) -> None:
   """A spec the chain cannot take (e.g. '50' of 20 steps) would otherwise fail
   only when sampling starts, after training; steps=0 checks the spelling only."""
   if not isinstance(spec, str) or not _RESPACING.fullmatch(spec.strip()):
-    raise ConfigError(f"{key}={spec!r}: expected '', 'N', 'ddimN' or 'a,b,c'")
+    raise ConfigError(f"{key}={spec!r}: expected '', 'N', 'ddimN' or 'a,b,c' keeping >= 1 step")
   if steps:
     from mem_diffusion.diffusion import respace  # pylint: disable=g-import-not-at-top
     try:

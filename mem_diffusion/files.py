@@ -29,7 +29,7 @@ import os
 import secrets
 import shutil
 import stat
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 
@@ -193,6 +193,25 @@ def write_json(path: str, obj: Any) -> None:
   """
   text = json.dumps(to_json_value(obj), indent=2, allow_nan=False) + "\n"
   write_bytes(path, text.encode())
+
+
+def check_distinct(paths: Mapping[str, str]) -> None:
+  """Refuses two of a command's files ({flag: path}) at one place, links and
+  hard links included: an output written over an input, or over another
+  output, destroys it only after the compute has succeeded."""
+  seen: dict[Any, tuple[str, str]] = {}
+  for what, path in paths.items():
+    if not path:
+      continue
+    try:
+      st = os.stat(path)
+      key: Any = (st.st_dev, st.st_ino)
+    except OSError:
+      key = os.path.realpath(path)
+    if key in seen:
+      raise InputError(f"{what} {path!r} is the same file as {seen[key][0]} {seen[key][1]!r}; "
+                       "give each its own path")
+    seen[key] = (what, path)
 
 
 def check_output_path(path: str, what: str = "--out", *, create_parent: bool = False) -> str:

@@ -22,8 +22,9 @@ def _main(args, env=None, timeout=120):
      "error: training.batch_size=-4: expected an integer in 1..65536"),
     (["--config=configs/gm_2k.py:tiny", "--config.diffusion.loss=l1"],
      "error: diffusion.loss='l1': expected one of"),
-    (["--config=configs/capacity.py:big"], "error: ValueError: configs/capacity.py: unknown config argument 'big'"),
-    (["--config=configs/missing.py"], "error: cannot load the config file"),
+    (["--config=configs/capacity.py:big"], "error: configs/capacity.py: get_config('big') failed "
+     "(ValueError: configs/capacity.py: unknown config argument 'big'"),
+    (["--config=configs/missing.py"], "error: config file 'configs/missing.py' not found"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, flags, message):
   r = _main(flags + [f"--workdir={tmp_path / 'w'}"])

@@ -163,7 +163,7 @@ LIMIT_CASES = [
     ("training.log_every", [1, 10**9], [0]),
     ("training.sample_grid_every", [0, 5], [-1]),
     ("training.grid_num_samples", [1, 1024], [0, 1025]),
-    ("sampling.num_samples", [1, 1_000_000], [0, 1_000_001]),
+    ("sampling.num_samples", [2, 1_000_000], [1, 0, 1_000_001]),
     ("sampling.batch_size", [1, 65_536], [0, 65_537]),
     ("sampling.eta", [0.0, 1.0], [-0.1, 1.01]),
     ("sampling.label", [0, 999], [-1, 1000]),

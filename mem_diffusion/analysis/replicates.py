@@ -42,6 +42,7 @@ from mem_diffusion import files
 from mem_diffusion.analysis import neighbors
 from mem_diffusion import npz_io
 from mem_diffusion import report as report_lib
+from mem_diffusion.run import cli
 from mem_diffusion.analysis.blends import blend_partners, blend_projection
 # Re-exported: the nearest-neighbour search is part of this module's API.
 from mem_diffusion.analysis.neighbors import (  # pylint: disable=unused-import
@@ -243,7 +244,7 @@ def analyze(samples: np.ndarray, train: np.ndarray, *, sample_labels: np.ndarray
 # Command line.
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m mem_diffusion.replicates",
       description="Exact replicate (d1/d2 < threshold) and blend tests of samples against a "
                   "training set, both improved-diffusion npz files (arr_0 uint8 NHWC, "
@@ -267,9 +268,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
-    for flag in ("out", "per_sample", "grid", "hist"):  # before any compute
-      if getattr(args, flag):
-        files.check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
+    outputs = {"--" + flag.replace("_", "-"): getattr(args, flag)
+               for flag in ("out", "per_sample", "grid", "hist")}
+    for flag, path in outputs.items():  # before any compute
+      if path:
+        files.check_output_path(path, flag)
+      if path and flag in ("--grid", "--hist") and not path.lower().endswith(".png"):
+        raise npz_io.InputError(f"{flag} {path!r}: expected a .png file (a figure)")
+    files.check_distinct({"--samples": args.samples, "--train": args.train, **outputs})
     samples, sample_labels = npz_io.load_npz(args.samples, name=args.samples)
     train, train_labels = npz_io.load_npz(args.train, name=args.train)
     if samples.shape[1:] != train.shape[1:]:

@@ -17,13 +17,13 @@ CLI (the numbers in docs/data.md):
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
 
 from mem_diffusion.data import mondrian
+from mem_diffusion.run import cli
 
 
 def nearest_two(queries: np.ndarray, refs: np.ndarray, *, exclude_self: bool = False,
@@ -91,12 +91,20 @@ def mondrian_control(seed: int, size: int, num_train: int, num_fresh: int) -> di
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(prog="python -m mem_diffusion.data.checks",
+                             description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[32, 16, 8])
   parser.add_argument("--num_train", type=int, default=2000)
   parser.add_argument("--num_fresh", type=int, default=2000)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  # The config's own limits (data.image_size, data.num_original, seeds): the
+  # nearest-two search needs 2 train images and holds both sets in memory.
+  if not (all(8 <= s <= 512 for s in args.sizes) and 2 <= args.num_train <= 1_000_000
+          and 1 <= args.num_fresh <= 1_000_000 and 0 <= args.seed < 2**32):
+    parser.error(f"expected --sizes in 8..512, --num_train in 2..1000000, --num_fresh in "
+                 f"1..1000000, --seed in 0..2**32-1; got {args.sizes}, {args.num_train}, "
+                 f"{args.num_fresh}, {args.seed}")
   for size in args.sizes:
     print(json.dumps(mondrian_control(args.seed, size, args.num_train, args.num_fresh)),
           flush=True)

@@ -201,6 +201,11 @@ def check_outputs(out: str | None, preview: str | None, count: int, scale: int) 
     raise InputError(f"--preview_count ({count}) and --preview_scale ({scale}) must be >= 1")
   if out:
     files.check_output_path(out, create_parent=True)
+    if not out.endswith(".npz"):  # a README.md given by mistake was replaced by an npz
+      raise InputError(f"--out {out!r}: give a file ending in .npz (the format written)")
+    if os.path.isfile(out) and not zipfile.is_zipfile(out):
+      raise InputError(f"--out {out!r} exists and is not an npz file; move it or choose "
+                       "another --out")
     manifest = manifest_path(out)
     if os.path.abspath(manifest) == os.path.abspath(out):
       raise InputError(f"--out {out!r}: the manifest would be written over it; "
@@ -264,4 +269,5 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  from mem_diffusion.run import cli  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli.parse_flags)

@@ -36,6 +36,7 @@ from mem_diffusion.run import cli
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion import report as report_lib
+from mem_diffusion.experiments import sweep_root
 from mem_diffusion.run import cpu_tuning
 from mem_diffusion.run import runtime
 from mem_diffusion.config import apply_override, load_config, validate_config
@@ -97,6 +98,10 @@ class Search:
 
   def check(self, sizes: Sequence[int]) -> None:
     """Validates the configs at the search's ends before any run starts."""
+    for o in self.overrides:  # it would be replaced by every N without a word
+      if o.partition("=")[0].strip() == "data.num_original":
+        raise errors.ConfigError(f"--set {o!r}: the search sets data.num_original to each N "
+                                 "it tries; give the range as --lo and --hi")
     for n in sizes:
       validate_config(self.config(n, self.seeds[0]))
 
@@ -136,16 +141,25 @@ class Search:
                            hlines=self.thresholds)
 
 
-def search(spec: str, root: str, *, lo: int, hi: int, seeds: Sequence[int],
-           high: float = 0.9, low: float = 0.1, resolution: float = 1.25,
-           overrides: Sequence[str] = ()) -> dict[str, Any]:
-  """Both numbers with their brackets; see the module docstring."""
+def check_arguments(*, lo: int, hi: int, seeds: Sequence[int], high: float, low: float,
+                    resolution: float) -> None:
+  """The search's own flags, before anything is created under the root."""
   if not 2 <= lo < hi:
     raise errors.ConfigError(f"--lo={lo} and --hi={hi}: expected 2 <= lo < hi")
   if not 0.0 < low < high <= 1.0:
     raise errors.ConfigError(f"--low={low} and --high={high}: expected 0 < low < high <= 1")
-  if resolution <= 1.0:
-    raise errors.ConfigError(f"--resolution={resolution}: expected a factor > 1")
+  if not 1.0 < resolution < math.inf:  # nan or inf would end the bisection at once
+    raise errors.ConfigError(f"--resolution={resolution}: expected a finite factor > 1")
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise errors.ConfigError(f"--seeds={','.join(map(str, seeds))}: expected distinct seeds, "
+                             "at least one (a repeated seed would count one run twice)")
+
+
+def search(spec: str, root: str, *, lo: int, hi: int, seeds: Sequence[int],
+           high: float = 0.9, low: float = 0.1, resolution: float = 1.25,
+           overrides: Sequence[str] = ()) -> dict[str, Any]:
+  """Both numbers with their brackets; see the module docstring."""
+  check_arguments(lo=lo, hi=hi, seeds=seeds, high=high, low=low, resolution=resolution)
   s = Search(spec, root, seeds, overrides, (high, low))
   s.check((lo, hi))
   result: dict[str, Any] = {"high": high, "low": low}
@@ -181,11 +195,16 @@ def main(argv):
   cli.prepare_process(FLAGS.xla_cpu_tuning, FLAGS.huge_pages)
 
   def run():
-    runtime.setup(verbose=FLAGS.verbose,
-                  compile_cache=FLAGS.compile_cache or os.path.join(FLAGS.root, "jax_cache"))
-    return search(FLAGS.config, FLAGS.root, lo=FLAGS.lo, hi=FLAGS.hi, seeds=seeds,
-                  high=FLAGS.high, low=FLAGS.low, resolution=FLAGS.resolution,
-                  overrides=FLAGS.set)
+    check_arguments(lo=FLAGS.lo, hi=FLAGS.hi, seeds=seeds, high=FLAGS.high, low=FLAGS.low,
+                    resolution=FLAGS.resolution)  # before anything is made under the root
+    Search(FLAGS.config, FLAGS.root, seeds, FLAGS.set, (FLAGS.high, FLAGS.low)).check(
+        (FLAGS.lo, FLAGS.hi))
+    with sweep_root.hold(FLAGS.root):  # capacity.json/png are the root's: one search at a time
+      runtime.setup(verbose=FLAGS.verbose,
+                    compile_cache=FLAGS.compile_cache or os.path.join(FLAGS.root, "jax_cache"))
+      return search(FLAGS.config, FLAGS.root, lo=FLAGS.lo, hi=FLAGS.hi, seeds=seeds,
+                    high=FLAGS.high, low=FLAGS.low, resolution=FLAGS.resolution,
+                    overrides=FLAGS.set)
 
   result = cli.call(run)
   print(f"capacity (ratio >= {FLAGS.high}): {result['capacity']}")
@@ -195,4 +214,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -48,9 +48,11 @@ def chain_name(spec: str) -> str:
 
 def parse_chains(text: str) -> list[str]:
   """'full,50,ddim25' -> ['', '50', 'ddim25'] (respacing specs; '' = full chain)."""
-  specs = [("" if c.strip() in ("full", "") else c.strip()) for c in text.split(",")]
-  if not specs or len(set(specs)) != len(specs):
-    raise errors.ConfigError(f"--chains={text!r}: expected distinct chains, e.g. full,50,ddim25")
+  items = [c.strip() for c in text.split(",")]
+  specs = ["" if c == "full" else c for c in items]
+  if "" in items or len(set(specs)) != len(specs):  # '' is no chain: 'full' names that one
+    raise errors.ConfigError(f"--chains={text!r}: expected distinct, non-empty chains, "
+                             "e.g. full,50,ddim25")
   return specs
 
 
@@ -96,8 +98,12 @@ def compare(config: ml_collections.ConfigDict, workdir: str,
   # JAX loads after flag parsing.
   from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top,g-multiple-import
   from mem_diffusion.config import validate_config  # pylint: disable=g-import-not-at-top
+  validate_config(config)  # the model's own keys named as such, not as a chain's
   for spec in chains:  # every chain must fit diffusion.steps before anything runs
-    validate_config(chain_config(config, spec, "unused"))
+    try:
+      validate_config(chain_config(config, spec, "unused"))
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f"--chains: chain {chain_name(spec)!r} ({e})") from None
   stages.run(config, workdir, ("train",))
   wd = Workdir(workdir)
   out = os.path.join(wd.root, "chains")

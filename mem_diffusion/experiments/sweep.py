@@ -33,7 +33,12 @@ sweep bit-reproducible.
 submitit and returns; the same command run again collects the finished runs
 into the summary and figures (experiments/slurm.py).
 
-Outputs in <root>, rewritten after every run so a partial sweep is readable:
+The sweep holds its root (`<root>/.sweep.lock`: a second sweep or capacity
+search there exits 2 at once), and refuses a plan that runs a (config,
+seed) twice or names a run's folder outside the root (experiments/sweep_root.py).
+
+Outputs in <root>, rewritten after every run so a partial sweep is readable,
+from every finished run under the root (this command's and earlier ones'):
 `summary.csv` (one row per run), `summary.json` (the rows and the per-config
 aggregate: mean/std/min/max over seeds, per-class ratios), `summary.md` (one
 table per group) and the figures `capacity.png`, `seed_figure.png`,
@@ -72,6 +77,7 @@ from mem_diffusion import files
 from mem_diffusion.run import runtime
 from mem_diffusion.experiments import devices as devices_lib
 from mem_diffusion.experiments import study
+from mem_diffusion.experiments import sweep_root
 from mem_diffusion.experiments import workers
 from mem_diffusion.config import apply_override, load_config
 
@@ -206,10 +212,12 @@ def plan_runs(specs: Sequence[str], seeds: Sequence[int], root: str,
         apply_override(config, o)
       config.seed = int(seed)
       validate.validate_config(config)
+      sweep_root.check_name(config.name)
       if names.setdefault(config.name, spec) != spec:
         raise errors.ConfigError(f"configs {names[config.name]!r} and {spec!r} have the same name "
                          f"{config.name!r}: their runs would share a workdir")
       plan.append((spec, int(seed), config, os.path.join(root, config.name, f"seed{seed}")))
+  sweep_root.check_plan(plan)
   return plan
 
 
@@ -221,6 +229,16 @@ def _progress(k: int, n: int, config: ml_collections.ConfigDict, seed: int,
         + ("(complete, skipped)" if seconds is None else f"({seconds:.0f} s)"), flush=True)
 
 
+def _file_row(plan, i: int, report: dict[str, Any], seconds: float | None,
+              root: str) -> dict[str, Any]:
+  """Run i's row, filed in its workdir; the summary rebuilt from every filed row."""
+  spec, seed, config, workdir = plan[i]
+  r = row(spec, config, seed, workdir, report, seconds)
+  sweep_root.save_row(workdir, r)
+  write_outputs(sweep_root.finished_rows(root, [p[3] for p in plan]), root)
+  return r
+
+
 def _cache_dir(compile_cache: str, root: str) -> str:
   return compile_cache or os.path.abspath(os.path.join(root, "jax_cache"))
 
@@ -229,9 +247,11 @@ def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
           overrides: Sequence[str] = (), *, jobs: int = 1, compile_cache: str = "",
           verbose: bool = False, devices: int | None = None, devices_per_run: int = 1,
           cluster: str = "none", slurm_options=None) -> list[dict[str, Any]]:
-  """Runs every (spec, seed); returns the summary rows (also written to root).
+  """Runs every (spec, seed); returns their rows (the summary in root has every
+  finished run under it).
 
-  Raises errors.UserError for every documented failure (a bad config or a
+  Raises errors.UserError for every documented failure (a bad config, a plan
+  that leaves the root or repeats a run, a root another sweep holds or a
   --jobs the host cannot hold before the first run starts; with jobs = 1 a
   locked workdir, a corrupt checkpoint or a diverged run when it happens,
   with the runs before it kept in the summary; with jobs > 1 RunFailedError
@@ -240,31 +260,36 @@ def sweep(specs: Sequence[str], seeds: Sequence[int], root: str,
   """
   plan = plan_runs(specs, seeds, root, overrides)
   cache = _cache_dir(compile_cache, root)
-  if cluster != "none":
-    return _sweep_cluster(plan, root, overrides, cluster, slurm_options, cache, verbose)
-  if jobs > 1:
-    slots = devices_lib.slots(devices_lib.detect(override=devices), jobs, devices_per_run)
-    return _sweep_parallel(plan, root, overrides, slots, cache, verbose)
-  from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
-  runtime.setup(verbose=verbose, compile_cache=_cache_dir(compile_cache, root))
-  rows = []
-  for i, (spec, seed, config, workdir) in enumerate(plan):
-    print(f"[{i + 1}/{len(plan)}] {config.name} seed {seed} -> {workdir}", flush=True)
-    start = time.time()
-    report = stages.run(config, workdir, validate=False)
-    rows.append(row(spec, config, seed, workdir, report, time.time() - start))
-    write_outputs(rows, root)
-    _progress(i + 1, len(plan), config, seed, report, time.time() - start)
-  return rows
+  slots = None  # a refusal here leaves the root as it was
+  if jobs > 1 and cluster == "none":
+    host = devices_lib.detect(override=devices)
+    # A CPU host takes any --jobs (unpinned past its cores), so no more workers
+    # than runs: --jobs=10**8 built 10**8 slots. GPU and TPU hosts refuse first.
+    slots = devices_lib.slots(host, min(jobs, len(plan)) if host.platform == "cpu" else jobs,
+                              devices_per_run)
+  with sweep_root.hold(root):
+    if cluster != "none":
+      return _sweep_cluster(plan, root, overrides, cluster, slurm_options, cache, verbose)
+    if slots is not None:
+      return _sweep_parallel(plan, root, overrides, slots, cache, verbose)
+    from mem_diffusion.run import stages  # pylint: disable=g-import-not-at-top  # JAX loads after flag parsing
+    runtime.setup(verbose=verbose, compile_cache=_cache_dir(compile_cache, root))
+    rows = []
+    for i, (_, seed, config, workdir) in enumerate(plan):
+      print(f"[{i + 1}/{len(plan)}] {config.name} seed {seed} -> {workdir}", flush=True)
+      start = time.time()
+      report = stages.run(config, workdir, validate=False)
+      rows.append(_file_row(plan, i, report, time.time() - start, root))
+      _progress(i + 1, len(plan), config, seed, report, time.time() - start)
+    return rows
 
 
 def _finish_into(done: dict[int, dict[str, Any]], plan, root: str):
   """The callback that files run i's row and rewrites the summary."""
 
   def finish(i: int, report: dict[str, Any], seconds: float | None) -> None:
-    spec, seed, config, workdir = plan[i]
-    done[i] = row(spec, config, seed, workdir, report, seconds)
-    write_outputs([done[k] for k in sorted(done)], root)
+    _, seed, config, _ = plan[i]
+    done[i] = _file_row(plan, i, report, seconds, root)
     _progress(i + 1, len(plan), config, seed, report, seconds)
   return finish
 
@@ -287,8 +312,10 @@ def _sweep_cluster(plan, root: str, overrides: Sequence[str], cluster: str, opti
                                      verbose=verbose)
   rows = [row(plan[i][0], plan[i][2], plan[i][1], plan[i][3], report)
           for i, report in outcome.complete]
+  for (i, _), r in zip(outcome.complete, rows):
+    sweep_root.save_row(plan[i][3], r)
   if rows:
-    write_outputs(rows, root)
+    write_outputs(sweep_root.finished_rows(root, [p[3] for p in plan]), root)
   return rows
 
 
@@ -323,6 +350,8 @@ def main(argv):
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
     cli.fail(f"--seeds must be integers, got {','.join(FLAGS.seeds)}")
+  if not seeds:
+    cli.fail("--seeds is empty: give at least one seed, e.g. --seeds=0,1,2")
   # Before JAX starts; workers inherit both, and with --jobs > 1 only they compute.
   cli.prepare_process(FLAGS.xla_cpu_tuning, FLAGS.huge_pages,
                       restart=FLAGS.jobs == 1 and FLAGS.cluster == "none")
@@ -346,4 +375,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,7 +14,6 @@ CLI (converts a released checkpoint into a params file the sampler loads):
   python -m mem_diffusion.convert IN.pt|IN.npz OUT.msgpack --config configs/default.py[:arg]
 """
 
-import argparse
 import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -26,8 +25,10 @@ import numpy as np
 
 from mem_diffusion.config import load_config
 from mem_diffusion import files, npz_io
+from mem_diffusion import errors
 from mem_diffusion.errors import InputError
 from mem_diffusion.models import UNet, unet_from_config
+from mem_diffusion.run import cli
 
 Params = Dict[str, Any]
 _FLAX_TO_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight",
@@ -285,7 +286,7 @@ def convert_file(in_path: str, out_path: str, config_spec: Optional[str] = None)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m mem_diffusion.convert",
       description="Convert an improved-diffusion checkpoint (.pt state_dict, or .npz of "
                   "'param/<torch name>' arrays) into a Flax params msgpack file.")
@@ -296,14 +297,17 @@ def main(argv: Optional[List[str]] = None) -> None:
                            "the UNet (optional for .npz files with config_json)")
   args = parser.parse_args(argv)
   try:
+    files.check_distinct({"input": args.input, "output": args.output})  # the input survives
     params = convert_file(args.input, args.output, args.config)
   except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
-    raise SystemExit(f"convert: {args.input}: {e}") from None
+    # The input or a flag is wrong (2); only a refused write is the run failing (1).
+    raise cli.Exit(f"convert: {args.input}: {e}",
+                   1 if isinstance(e, errors.OutputError) else 2) from None
   except Exception as e:  # zip/pickle/torch errors: still one message, no traceback
-    raise SystemExit(f"convert: {args.input}: cannot read ({type(e).__name__}: {e})") from None
+    raise cli.Exit(f"convert: {args.input}: cannot read ({type(e).__name__}: {e})") from None
   count = sum(int(np.size(v)) for v in _flat_params(params).values())
   print(f"wrote {args.output}: {count:,} parameters")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mem_diffusion import npz_io
 from mem_diffusion.port import convert
 from mem_diffusion import diffusion as diff_lib
 from mem_diffusion.diffusion import samplers
@@ -267,34 +268,49 @@ def _spacing(data, cfg, steps) -> str:
 
 
 def check_file(path: str) -> List[Result]:
-  """All comparisons for one file; raises ParityError if it cannot be checked."""
+  """All comparisons for one file; raises ParityError if it cannot be checked.
+
+  The file is read as every npz input is (npz_io.read_npz): a FIFO would
+  block np.load forever, and a header declaring terabytes would allocate them.
+  """
   try:
-    data = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
+    data = _Arrays(npz_io.read_npz(path))
+  except (OSError, ValueError) as e:
     raise ParityError(f"cannot read: {e}") from None
-  if not hasattr(data, "files"):
-    raise ParityError("not an .npz archive")
-  with data:
-    keys = set(data.files)
-    results: List[Result] = []
-    handled = set()
-    if "config_json" not in keys:
-      raise ParityError("no config_json: the model/diffusion cannot be rebuilt")
-    if {"out", "x", "t_model"} <= keys:  # a UNet forward pass
-      results += check_unet(data)
-      handled.add("out")
-    if any(k.startswith(_DIFFUSION_PREFIXES) for k in keys) or "xt" in keys:
-      results += check_diffusion(data, handled)
-    for k in sorted(keys - handled - _INPUT_KEYS):
-      if not k.startswith("param/"):
-        results.append(Result(k, float("nan"), float("nan"), True, "SKIP (not understood)"))
-    return results
+  keys = set(data.files)
+  results: List[Result] = []
+  handled = set()
+  if "config_json" not in keys:
+    raise ParityError("no config_json: the model/diffusion cannot be rebuilt")
+  if {"out", "x", "t_model"} <= keys:  # a UNet forward pass
+    results += check_unet(data)
+    handled.add("out")
+  if any(k.startswith(_DIFFUSION_PREFIXES) for k in keys) or "xt" in keys:
+    results += check_diffusion(data, handled)
+  for k in sorted(keys - handled - _INPUT_KEYS):
+    if not k.startswith("param/"):
+      results.append(Result(k, float("nan"), float("nan"), True, "SKIP (not understood)"))
+  return results
+
+
+class _Arrays(dict):
+  """read_npz's arrays, named as the checks name np.load's NpzFile's (`.files`)."""
+
+  @property
+  def files(self) -> List[str]:
+    return list(self)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv:
-    print("usage: python -m mem_diffusion.parity FILE.npz [FILE.npz ...]", file=sys.stderr)
+  usage = "usage: python -m mem_diffusion.parity FILE.npz [FILE.npz ...]"
+  if argv in (["-h"], ["--help"]):
+    print(usage)
+    return 0
+  options = [a for a in argv if a.startswith("-")]  # it takes none; a typo is not a file name
+  if not argv or options:
+    print(f"error: {f'unknown option {options[0]}' if options else 'no input files'} ({usage})",
+          file=sys.stderr)
     return 2
   # GPUs default to TF32 and TPUs to bf16 matmuls: far outside 1e-4.
   jax.config.update("jax_default_matmul_precision", "highest")

@@ -8,6 +8,7 @@ cannot drift apart on it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -56,8 +57,68 @@ def prepare_process(xla_cpu_tuning: bool | None, huge_pages: bool | None = None,
   return tuned
 
 
+class Exit(SystemExit):
+  """What an argparse CLI's main() raises for a documented failure. A caller
+  reads the message in `code`, as from SystemExit(message); `run` prints it
+  as the `error:` line and exits with `status` (2: the input, 1: the run)."""
+
+  def __init__(self, message: str, status: int = 2):
+    super().__init__(message)
+    self.status = status
+
+
+def run(main: Callable[[], Any]) -> NoReturn:
+  """An argparse CLI's main(): its int is the exit status, and a SystemExit
+  with a message is one `error:` line (exit 1 unless it names a status)."""
+  try:
+    status = main()
+  except SystemExit as e:
+    if isinstance(e.code, str):
+      fail(e.code, getattr(e, "status", 1))
+    raise
+  sys.exit(status or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the CLIs that use it, with their usage mistakes worded as the
+  absl ones are: one `error:` line, exit 2 (argparse prints its usage first)."""
+
+  def error(self, message: str) -> NoReturn:
+    fail(f"{message} (usage: {self.prog} --help)")
+
+
+def _config_file_arguments(argv: Sequence[str]) -> list[str]:
+  """The values given to ml_collections config-file flags (`--config=FILE[:arg]`)."""
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
+  file_parser = config_flags.ConfigFileFlagParser
+  names = [n for n in flags.FLAGS if isinstance(getattr(flags.FLAGS[n], "parser", None), file_parser)]
+  found = []
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      break
+    for name in names:
+      for prefix in (f"--{name}=", f"-{name}="):
+        if arg.startswith(prefix):
+          found.append(arg[len(prefix):])
+      if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+        found.append(argv[i + 1])
+  return found
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's parser, but a bad flag or config override is one `error:` line."""
+  """absl's parser, but a bad flag or config override is one `error:` line.
+
+  A config file is loaded first by config.load_config, whose refusals name
+  the cause: ml_collections' own loader shows a file that raises, returns no
+  config or is not Python as a traceback, and one without get_config() (or
+  /dev/null) as an unknown config key.
+  """
+  from mem_diffusion import config as config_lib  # pylint: disable=g-import-not-at-top
+  for spec in _config_file_arguments(argv):
+    try:
+      config_lib.load_config(spec)
+    except errors.ConfigError as e:
+      fail(str(e))
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -93,6 +93,11 @@ def check_workdir_path(wd: Workdir) -> None:
     raise errors.WorkdirError(f"--workdir {wd.root} cannot be created ({e.strerror})") from None
   if not os.access(wd.root, os.W_OK | os.X_OK):
     raise errors.WorkdirError(f"--workdir {wd.root} is not writable")
+  for folder in (wd.checkpoints, wd.tensorboard, wd.train_grids, wd.samples_dir, wd.eval_dir,
+                 os.path.dirname(wd.train_manifest)):
+    if os.path.lexists(folder) and not os.path.isdir(folder):  # found only after training
+      raise errors.WorkdirError(f"{folder} is not a directory; move it away or use another "
+                                "--workdir")
 
 
 def check_config_record(config: ml_collections.ConfigDict, wd: Workdir) -> None:

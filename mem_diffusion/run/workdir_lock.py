@@ -20,13 +20,11 @@ import os
 import socket
 import stat
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from absl import logging
-import jax
 
 from mem_diffusion import errors
-from mem_diffusion.run import parallel
 
 LOCK_NAME = ".lock"
 
@@ -51,8 +49,9 @@ def _open_lock_file(path: str) -> int:
   try:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # not inherited
   except OSError as e:
-    kind = ("a symbolic link" if os.path.islink(path) else
-            "a directory" if os.path.isdir(path) else e.strerror)
+    if not (os.path.islink(path) or os.path.isdir(path)):  # e.g. a read-only folder
+      raise errors.WorkdirError(f"cannot create the lock file {path} ({e.strerror})") from None
+    kind = "a symbolic link" if os.path.islink(path) else "a directory"
     raise errors.WorkdirError(f"{path} is {kind}, not the run's lock file; "
                               "remove it and run again") from None
   mode = os.fstat(fd).st_mode
@@ -62,9 +61,19 @@ def _open_lock_file(path: str) -> int:
   return fd
 
 
+def _run_in_use(folder: str, holder: str) -> str:
+  return (f"workdir {folder} is in use by another run{holder}; wait for it to finish, "
+          "stop it, or use another --workdir")
+
+
 @contextlib.contextmanager
-def hold(workdir: str, *, enabled: bool = True) -> Iterator[None]:
-  """Holds `<workdir>/.lock` exclusively for the duration of the block.
+def hold(workdir: str, *, enabled: bool = True, name: str = LOCK_NAME,
+         in_use: Callable[[str, str], str] = _run_in_use) -> Iterator[None]:
+  """Holds `<workdir>/<name>` exclusively for the duration of the block.
+
+  A sweep's root takes the same kind of lock under another name (a run's
+  workdir may be the root's child, and both locks are held at once);
+  `in_use(folder, holder)` words the refusal for it.
 
   Raises:
     WorkdirLocked: at once (no waiting) when another process holds it.
@@ -73,17 +82,14 @@ def hold(workdir: str, *, enabled: bool = True) -> Iterator[None]:
     yield
     return
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
+  path = os.path.join(os.path.abspath(workdir), name)
   fd = _open_lock_file(path)
   try:
     locked = True
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise WorkdirLocked(
-          f"workdir {os.path.abspath(workdir)} is in use by another run"
-          f"{_holder(path)}; wait for it to finish, stop it, or use another "
-          "--workdir") from None
+      raise WorkdirLocked(in_use(os.path.abspath(workdir), _holder(path))) from None
     except OSError as e:
       if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
         raise
@@ -106,8 +112,11 @@ def hold_for_run(workdir: str) -> Iterator[None]:
   """`hold` taken by process 0; every process of the run raises if it fails.
 
   Agreeing across processes matters: if only process 0 stopped, the others
-  would wait for it forever in their first collective.
+  would wait for it forever in their first collective. JAX is imported here
+  only: the sweep's parent takes its root's lock without loading it.
   """
+  import jax  # pylint: disable=g-import-not-at-top
+  from mem_diffusion.run import parallel  # pylint: disable=g-import-not-at-top
   if not jax.distributed.is_initialized():
     # One process: lock without starting the backend, so that a refused run
     # ends before JAX's start-up logging (the error stays one line).

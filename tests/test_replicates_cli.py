@@ -149,13 +149,14 @@ def test_cli_full_disk_when_writing_the_report_is_one_line_exit_1(tmp_path, caps
                                                                     monkeypatch):
   from mem_diffusion import errors, files  # pylint: disable=g-import-not-at-top,g-multiple-import
   images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-  path = str(tmp_path / "set.npz")
-  np.savez(path, arr_0=images)
+  samples, train = str(tmp_path / "samples.npz"), str(tmp_path / "train.npz")
+  np.savez(samples, arr_0=images)
+  np.savez(train, arr_0=images)
 
   def full(*args, **kwargs):
     raise errors.OutputError("cannot write r.json: No space left on device (0 B free)")
 
   monkeypatch.setattr(files, "write_json", full)
-  rc = replicates.main(["--samples", path, "--train", path, "--out", str(tmp_path / "r.json")])
+  rc = replicates.main(["--samples", samples, "--train", train, "--out", str(tmp_path / "r.json")])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 1 and len(err) == 1 and err[0].startswith("error: cannot write r.json"), err

@@ -33,6 +33,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   data.sampling = "uniform"  # 'uniform' over the mixed set | 'balanced'
   data.original_share = 0.5  # 'balanced': share of each batch from the original class
   data.hflip = False  # the reference uses no augmentation
+  # k >= 2: label every original image with a class drawn uniformly from k
+  # (seeded by data.seed), for a conditional model whose labels carry no
+  # information: the conditioning control of docs/results.md. 0 = off.
+  data.random_labels = 0
   # 'cifar_classes': CIFAR-10 class ids and per-class counts (same length);
   # 'mondrian_classes': class_counts = (Mondrians, earth-palette Mondrians).
   data.classes = (1,)
@@ -70,6 +74,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   training.weight_decay = 0.0
   training.ema_decay = 0.9999
   training.micro_batches = 1
+  # Multiplies the loss before the gradient. 2 with 'balanced' batches of 2B
+  # gives each original row the 1/B weight it has in a no-dummy batch of B
+  # (docs/results.md, "Dummies fill capacity"); Adam sees the scale only
+  # through its eps.
+  training.loss_scale = 1.0
   training.log_every = 100
   training.checkpoint_every = 5000
   training.keep_checkpoints = 3
@@ -86,6 +95,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   sampling.eta = 0.0
   sampling.clip_denoised = True
   sampling.label = 0  # class-conditional models sample the original class
+  # The last k of the num_samples samples get the dummy label instead, so the
+  # dummy class's own replicate ratio is measured (eval report 'dummy_label');
+  # the headline ratio counts only the others. 0 = none.
+  sampling.dummy_label_samples = 0
   sampling.seed = 0
   # A msgpack params file from `python -m mem_diffusion.convert` (e.g. the released
   # improved-diffusion CIFAR-10 model); '' = the EMA params of the workdir's checkpoint.

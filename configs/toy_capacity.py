@@ -23,10 +23,17 @@ every image is seen ~2k times and copied; at N = 1024 ~30 times and not.
 Argument: comma-separated tokens,
   N or n=N     train-set size (default 16)
   steps=S      training steps (default TOY_STEPS)
+  cond=C       'one': a class-conditional model (model.num_classes = 2, as the
+               dummy runs) whose images all carry label 0; 'random': each image
+               gets a random label in {0, 1} (data.random_labels = 2) and
+               samples take both labels in turn. The conditioning control of
+               docs/results.md: the dummy runs are conditional, so their
+               no-dummy baseline must be too. Default: unconditional.
   tiny         test-sized: 300 steps, 32 samples (tests/test_sweep.py)
   bf16         bfloat16 compute (every config file takes it: configs/_common.py)
 e.g. `--config=configs/toy_capacity.py:256`. The run's name is
-`toy_capacity_<N>`, with `_s<S>` appended when S != TOY_STEPS: the name is the
+`toy_capacity_<N>`, then `_s<S>` when S != TOY_STEPS and `_cond` / `_rand2`
+for cond=one / cond=random: the name is the
 default workdir of a sweep, so two settings must never share one.
 """
 
@@ -37,6 +44,7 @@ from configs import _common
 TOY_IMAGE_SIZE = 8
 TOY_STEPS = 2000
 TOY_SAMPLES = 128
+_CONDITIONING = {"none": "", "one": "_cond", "random": "_rand2"}  # cond= -> name suffix
 
 
 def apply_toy(config: ml_collections.ConfigDict, *, steps: int = TOY_STEPS,
@@ -91,7 +99,7 @@ def steps_suffix(steps: int) -> str:
 @_common.precision_arg
 def get_config(arg: str = ""):
   file = "configs/toy_capacity.py"
-  tiny, opts = _common.parse_arg(arg, file, keys=("n", "steps"), positional="n")
+  tiny, opts = _common.parse_arg(arg, file, keys=("n", "steps", "cond"), positional="n")
   try:
     n = int(opts.get("n", "16"))
   except ValueError:
@@ -99,6 +107,12 @@ def get_config(arg: str = ""):
   if n < 2:
     raise ValueError(f"{file}: the train-set size must be >= 2, got {n}")
   steps = parse_steps(opts, file)
-  config = _common.build(f"toy_capacity_{n}{steps_suffix(steps)}", False,
-                         dataset="mondrian", num_original=n)
+  cond = opts.get("cond", "none")
+  if cond not in _CONDITIONING:
+    raise ValueError(f"{file}: cond={cond!r} must be one of {tuple(_CONDITIONING)}")
+  config = _common.build(f"toy_capacity_{n}{steps_suffix(steps)}{_CONDITIONING[cond]}", False,
+                         dataset="mondrian", num_original=n, conditional=cond != "none")
+  if cond == "random":
+    config.data.random_labels = 2
+    config.sampling.label = -1  # both labels in turn: every image's label is sampled
   return apply_toy(config, steps=steps, tiny=tiny)

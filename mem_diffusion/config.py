@@ -207,6 +207,7 @@ def validate_config(config: ConfigDict, *, data_checks: bool = True) -> None:
   _real("training.weight_decay", t.weight_decay, "[0, 1]")
   _real("training.ema_decay", t.ema_decay, "[0, 1)", "1 would freeze the EMA")
   _int("training.micro_batches", t.micro_batches, 1)
+  _real("training.loss_scale", t.loss_scale, "(0, 1000]", "1 = the mean loss of the batch")
   if t.batch_size % t.micro_batches:
     raise ConfigError(f"training.batch_size={t.batch_size} must be divisible by "
                       f"training.micro_batches={t.micro_batches}")
@@ -220,6 +221,11 @@ def validate_config(config: ConfigDict, *, data_checks: bool = True) -> None:
   _real("sampling.eta", s.eta, "[0, 1]", "above 1 DDIM's noise gives NaN images")
   _int("sampling.label", s.label, -1, 999, "-1 = every class in turn")
   _int("sampling.seed", s.seed, 0, MAX_SEED, SEED_WHY)
+  _int("sampling.dummy_label_samples", s.dummy_label_samples, 0, MAX_IMAGES, "held in memory")
+  if s.dummy_label_samples > s.num_samples - 2:
+    raise ConfigError(f"sampling.dummy_label_samples={s.dummy_label_samples}: at most "
+                      f"sampling.num_samples - 2 = {s.num_samples - 2} (the rest are the "
+                      "original class's samples)")
   _real("eval.ratio_threshold", e.ratio_threshold, "(0, 1)", "the study uses 1/3")
   _int("eval.blend_k", e.blend_k, 0, 1000, "0 = no blend test")
   if e.blend_k == 1:
@@ -238,6 +244,11 @@ def validate_config(config: ConfigDict, *, data_checks: bool = True) -> None:
   if label == -1 and not classes:
     raise ConfigError("sampling.label=-1 (every class in turn) needs a class-conditional "
                       "model: set model.num_classes > 0 or sampling.label=0")
+  if s.dummy_label_samples and not (classes and config.data.dummy_kind not in ("", "cars")
+                                     and label >= 0):
+    raise ConfigError(
+        f"sampling.dummy_label_samples={s.dummy_label_samples} needs a class-conditional "
+        "model with a labelled dummy kind (gm, hybrid, geometric) and sampling.label >= 0")
   _check_respacing("sampling.respacing", s.respacing, d.steps)
   # A chain this run never builds is checked for its spelling only.
   _check_respacing("training.grid_respacing", t.grid_respacing, t.sample_grid_every and d.steps)
@@ -256,6 +267,7 @@ def validate_data_config(c: ConfigDict) -> None:
   _int("data.num_dummy", c.num_dummy, 0, MAX_IMAGES, "held in host memory")
   _int("data.image_size", c.image_size, 8, 512, "absurd sizes aborted XLA (SIGABRT)")
   _int("data.seed", c.seed, 0, MAX_SEED, SEED_WHY)
+  _int("data.random_labels", c.random_labels, 0, 1000, "0 = off, k >= 2 = k random classes")
   _real("data.hybrid_cutoff", c.hybrid_cutoff, "(0, 1]", "the car's share of the spectrum")
   _real("data.original_share", c.original_share, "(0, 1)", "'balanced' takes both kinds")
   _int("data.classes", c.classes, 0, cifar.NUM_CLASSES - 1, "CIFAR-10 class ids", each=True)
@@ -269,6 +281,11 @@ def validate_data_config(c: ConfigDict) -> None:
                       else f"data.num_dummy={n} needs a data.dummy_kind")
   if c.sampling == "balanced" and not n:
     raise ConfigError("data.sampling='balanced' needs dummies (data.num_dummy > 0)")
+  if c.random_labels == 1:
+    raise ConfigError("data.random_labels=1: expected 0 (off) or k >= 2 random classes")
+  if c.random_labels and (n or c.dataset not in ("cifar_cars", "mondrian")):
+    raise ConfigError(f"data.random_labels={c.random_labels} relabels a single-class train "
+                      "set without dummies ('mondrian' or 'cifar_cars', data.num_dummy=0)")
   if kind == "cars" and c.dataset != "cifar_cars":
     raise ConfigError(f"data.dummy_kind='cars' needs data.dataset='cifar_cars', not {c.dataset!r}")
   if kind == "hybrid" and c.dataset == "cifar_classes":
@@ -365,7 +382,8 @@ SAFE_TO_CHANGE = (
 )
 
 # Keys added after workdirs existed: the value that reproduces an older workdir's run.
-LEGACY_DEFAULTS = {"data.hybrid_mask": "corner_radius"}
+LEGACY_DEFAULTS = {"data.hybrid_mask": "corner_radius", "data.random_labels": 0,
+                   "training.loss_scale": 1.0}
 
 
 def is_safe_change(key: str) -> bool:

@@ -89,3 +89,15 @@ def test_compiled_step_runs_and_counts_every_micro_batch(mesh):
   _, whole_flops = micro_batches.compile_step(whole, state_lib.initial_state(config, mesh),
                                               batch)
   assert 0.5 * flops < whole_flops < 1.5 * flops
+
+
+@pytest.mark.slow  # two compiles: ~50 s on 2 busy cores
+def test_loss_scale_scales_the_gradient_not_the_logged_loss(mesh):
+  """training.loss_scale = 2 (the balanced arm's weight per original row)
+  doubles the gradient; the logged loss terms stay the batch mean."""
+  config = th.micro_config(model__dropout=0.0)
+  _, _, one = _one_step(config, mesh)
+  config.training.loss_scale = 2.0
+  _, _, two = _one_step(config, mesh)
+  np.testing.assert_allclose(two["grad_norm"], 2 * one["grad_norm"], rtol=1e-5)
+  np.testing.assert_allclose(two["loss_sum"], one["loss_sum"], rtol=1e-6)

@@ -11,7 +11,8 @@ len(classes)); 'mondrian_classes' labels the Mondrian 0 and the earth-palette
 population 1 (dummies, if any, 2). Cars-only runs ('cifar_cars' without
 dummies or with more cars) and Mondrian without dummies are single-class:
 every label is 0 and `num_classes` is 1, i.e. the model should be
-unconditional.
+unconditional, unless `data.random_labels = k` labels each of their images
+with a random class in [0, k) (the conditioning control of docs/results.md).
 
 Hybrids take their low frequencies from a pool outside the train set: pool
 cars with 'cifar_cars' (their CIFAR index is recorded in `car_indices`),
@@ -50,6 +51,7 @@ def num_classes(data_cfg) -> int:
   """
   base = {"cifar_classes": len(tuple(data_cfg.classes)),
           "mondrian_classes": MONDRIAN_CLASSES}.get(data_cfg.dataset, 1)
+  base = max(base, int(data_cfg.get("random_labels", 0)))
   return base + (1 if data_cfg.dummy_kind not in ("", "cars") else 0)
 
 
@@ -145,6 +147,13 @@ def _cifar_part(data_cfg):
   return parts, split, pool_images, pool_index
 
 
+def _random_labels(seed: int, n: int, k: int) -> np.ndarray:
+  """Labels that carry no information about the image: uniform over k classes,
+  a pure function of (data.seed, n, k), so evaluation rebuilds them exactly."""
+  rng = np.random.default_rng([seed, n, k, 0x1AB])
+  return rng.integers(0, k, size=n, dtype=np.int32)
+
+
 def build_train_set(data_cfg, *, gen_batch_size: int = generators.DEFAULT_GEN_BATCH
                     ) -> TrainSet:
   validate_data_config(data_cfg)
@@ -169,6 +178,8 @@ def build_train_set(data_cfg, *, gen_batch_size: int = generators.DEFAULT_GEN_BA
       sources.append(np.full(len(imgs), "cifar10"))
       indices.append(idx.astype(np.int64))
   num_original = sum(len(a) for a in images)
+  if c.get("random_labels", 0):
+    labels = [_random_labels(c.seed, num_original, c.random_labels)]
   car_indices = [np.full(num_original, -1, np.int64)]
 
   nd = c.num_dummy

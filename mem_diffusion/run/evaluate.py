@@ -60,11 +60,24 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
                     sample_labels: np.ndarray | None = None,
                     train_labels: np.ndarray | None = None,
                     train_sources: np.ndarray | None = None,
+                    num_original: int | None = None,
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Replicate/blend tests, quality figures and pictures for arrays in memory."""
+  """Replicate/blend tests, quality figures and pictures for arrays in memory.
+
+  With `num_original` (rows [0, num_original) of the train set are the
+  original class) and dummies behind them, the report also has the ratio
+  against the originals alone: with hybrids built from held-out originals,
+  a dummy can be a sample's second neighbour and change d1/d2.
+  """
   report, per_sample = replicates.analyze(
       samples, train_images, sample_labels=sample_labels, train_labels=train_labels,
       threshold=eval_cfg.ratio_threshold, blend_k=eval_cfg.blend_k, dup_rms=eval_cfg.dup_rms)
+  if num_original is not None and 2 <= num_original < len(train_images):
+    alone, _ = replicates.analyze(samples, train_images[:num_original],
+                                  threshold=eval_cfg.ratio_threshold, blend_k=0,
+                                  dup_rms=eval_cfg.dup_rms)
+    report["replicate_ratio_originals"] = alone["replicate_ratio"]
+    report["replicate_ci95_originals"] = alone["replicate_ci95"]
   if train_sources is not None:
     sources = np.asarray(train_sources)[per_sample["nn1"]]
     report["replicated_train_source_counts"] = {
@@ -97,6 +110,21 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
   return report
 
 
+def _dummy_label_block(samples: np.ndarray, train_set, eval_cfg) -> dict[str, Any]:
+  """The dummy class's own replicate ratio: samples drawn with the dummy
+  label against the whole train set, and which kind of image each replicate
+  copies (a dummy, or an original leaking across labels)."""
+  report, per_sample = replicates.analyze(samples, train_set.images,
+                                          threshold=eval_cfg.ratio_threshold, blend_k=0,
+                                          dup_rms=eval_cfg.dup_rms)
+  copied = train_set.sources[per_sample["nn1"]][per_sample["is_replicate"]]
+  return {"label": int(train_set.num_classes - 1), "num_samples": int(samples.shape[0]),
+          "replicate_ratio": report["replicate_ratio"],
+          "replicate_ci95": report["replicate_ci95"],
+          "replicated_train_source_counts": {
+              str(s): int(c) for s, c in zip(*np.unique(copied, return_counts=True))}}
+
+
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                      context: dict[str, Any] | None = None) -> dict[str, Any]:
   """Evaluates `<workdir>/samples/samples_*.npz`; writes `<workdir>/eval/`.
@@ -112,6 +140,11 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(f"no samples at {path}: run --mode=sample first")
   samples, labels = npz_io.load_npz(path)
   train_set = data.build_train_set(config.data)
+  dummy_block = None
+  k = config.sampling.get("dummy_label_samples", 0)
+  if k:
+    dummy_block = _dummy_label_block(samples[-k:], train_set, config.eval)
+    samples, labels = samples[:-k], None if labels is None else labels[:-k]
   _check_manifest(train_set, workdir)
   num_heldout = min(config.eval.num_heldout, data.heldout_available(config.data))
   heldout = data.heldout_images(config.data, num_heldout) if num_heldout >= _MIN_HELDOUT else None
@@ -121,11 +154,14 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
            "sampling_chain": sampling.chain_description(config.sampling),
            "dummy_kind": config.data.dummy_kind, "num_dummy": config.data.num_dummy,
            "num_original": config.data.num_original, "seed": config.seed}
+  if dummy_block is not None:
+    extra["dummy_label"] = dummy_block
   extra.update(context or {})
   report = evaluate_arrays(
       samples, train_set.images, heldout, eval_cfg=config.eval,
       out_dir=Workdir(workdir).eval_dir, sample_labels=labels,
-      train_labels=train_set.labels, train_sources=train_set.sources, extra=extra)
+      train_labels=train_set.labels, train_sources=train_set.sources,
+      num_original=train_set.num_original, extra=extra)
   logging.info("replicate ratio %.4f (95%% CI %s), duplicate-aware %.4f, blend ratio %.4f",
                report["replicate_ratio"], report["replicate_ci95"],
                report["replicate_ratio_dedup"], report["blend_ratio"])

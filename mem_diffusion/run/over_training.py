@@ -61,6 +61,7 @@ def sampling_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   small.sampling.batch_size = config.eval.every_num_samples
   small.sampling.respacing = config.eval.every_respacing
   small.sampling.use_ddim = False
+  small.sampling.dummy_label_samples = 0  # the curve follows the original class only
   return small
 
 

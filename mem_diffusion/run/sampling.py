@@ -22,7 +22,9 @@ cost their compute: 500 on 16 devices samples 512 and keeps 500.
 
 Labels (class-conditional models): `sampling.label` for every sample, or with
 label -1 every class in turn, sample i (counted over the whole run) getting
-i % model.num_classes. The labels written next to the images are the ones the
+i % model.num_classes. With `sampling.dummy_label_samples = k` the last k
+samples get the dummy class's label (the dummy class's own replicate
+ratio; the evaluation splits them off the headline). The labels written next to the images are the ones the
 model was given, so the evaluation's per-class block splits one run by class.
 
 Pixels are `round((x + 1) * 127.5)` clipped to 0..255. The reference
@@ -46,6 +48,7 @@ import numpy as np
 
 from mem_diffusion.run import checkpoint as checkpoint_lib
 from mem_diffusion.port import convert
+from mem_diffusion import data
 from mem_diffusion import files
 from mem_diffusion import npz_io
 from mem_diffusion.run import parallel
@@ -83,9 +86,22 @@ def sample_labels(config: ml_collections.ConfigDict, start: int, count: int) -> 
   k, label = config.model.num_classes, config.sampling.label
   if not k:
     return np.zeros(count, np.int64)
+  index = start + np.arange(count, dtype=np.int64)
   if label == -1:
-    return (start + np.arange(count, dtype=np.int64)) % k
-  return np.full(count, label, np.int64)
+    return index % k
+  labels = np.full(count, label, np.int64)
+  first_dummy = config.sampling.num_samples - config.sampling.get("dummy_label_samples", 0)
+  if index[-1:] >= first_dummy:
+    labels[index >= first_dummy] = dummy_label(config)
+  return labels
+
+
+def dummy_label(config: ml_collections.ConfigDict) -> int:
+  """The dummy class's label: the train set's last (data/train_set.py); the
+  chunk sampler's slim config carries it as data.dummy_label."""
+  if "dummy_label" in config.data:
+    return int(config.data.dummy_label)
+  return data.num_classes(config.data) - 1
 
 
 def load_sampling_params(config: ml_collections.ConfigDict, workdir: str,
@@ -143,7 +159,9 @@ def make_chunk_sampler(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   chunk size and chain length written into `config.sampling`.
   """
   relevant = {"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
-              "sampling": config.sampling.to_dict(), "image_size": config.data.image_size}
+              "sampling": config.sampling.to_dict(), "image_size": config.data.image_size,
+              "dummy_label": (dummy_label(config) if config.sampling.get("dummy_label_samples")
+                              else None)}
   return _cached_chunk_sampler(json.dumps(relevant, sort_keys=True, default=list), mesh)
 
 
@@ -152,7 +170,8 @@ def _cached_chunk_sampler(relevant_json: str, mesh: jax.sharding.Mesh):
   relevant = json.loads(relevant_json)
   config = ml_collections.ConfigDict({
       "model": relevant["model"], "diffusion": relevant["diffusion"],
-      "sampling": relevant["sampling"], "data": {"image_size": relevant["image_size"]}})
+      "sampling": relevant["sampling"],
+      "data": {"image_size": relevant["image_size"], "dummy_label": relevant["dummy_label"]}})
   scfg = config.sampling
   model = unet_from_config(config.model, config.data.image_size)
   diffusion = diffusion_from_config(config.diffusion, config.model.learn_sigma,

@@ -325,6 +325,17 @@ def summary_lines(report: dict[str, Any], wd: Workdir) -> list[str]:
     lines.append(f"  duplicates merged  {_fmt(report.get('replicate_ratio_dedup'))}  "
                  f"({report['num_duplicate_train_pairs']} duplicate training pairs; "
                  f"95% CI {_fmt(dci[0])}-{_fmt(dci[1])})")
+  if report.get("replicate_ratio_originals") is not None:
+    oci = report.get("replicate_ci95_originals") or [None, None]
+    lines.append(f"  originals only     {_fmt(report['replicate_ratio_originals'])}  "
+                 f"(the dummies left out of the reference set; 95% CI "
+                 f"{_fmt(oci[0])}-{_fmt(oci[1])})")
+  dummy = report.get("dummy_label")
+  if dummy:
+    dci = dummy.get("replicate_ci95") or [None, None]
+    lines.append(f"dummy label          {_fmt(dummy.get('replicate_ratio'))}  "
+                 f"({dummy.get('num_samples')} samples of label {dummy.get('label')}, not in "
+                 f"the ratio above; 95% CI {_fmt(dci[0])}-{_fmt(dci[1])})")
   lines.append(f"blend ratio          {_fmt(report.get('blend_ratio'))}")
   quality = report.get("quality") or {}
   if "unavailable" in quality:

@@ -71,6 +71,7 @@ def make_train_step(model, diffusion, tx, sampler, config,
   if accum is None:
     accum = config.training.micro_batches
   decay = config.training.ema_decay
+  loss_scale = float(config.training.get("loss_scale", 1.0))
   num_t = diffusion.num_timesteps
   rep = parallel.replicated(mesh)
   batch_sharding = parallel.batch_sharded(mesh)
@@ -82,7 +83,7 @@ def make_train_step(model, diffusion, tx, sampler, config,
       return model.apply({"params": params}, x, t_model, y, train=True,
                          rngs={"dropout": dropout_key})
     losses = diffusion.training_losses(model_fn, x0, t, noise)
-    return jnp.mean(weights * losses["loss"]), losses
+    return loss_scale * jnp.mean(weights * losses["loss"]), losses
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

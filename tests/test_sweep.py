@@ -130,8 +130,13 @@ def test_plan_rejects_bad_configs_before_running(tmp_path):
 def test_toy_preset_plans_and_validates(tmp_path):
   """Needs the data branch (kind=hybrid, batch=, _s<steps> names, minority/majority)."""
   preset = sweep.PRESETS["toy"]
-  plan = sweep.plan_runs(preset.specs, [0, 1, 2], str(tmp_path), preset.overrides)
-  assert len(plan) == 3 * len(preset.specs)
+  plan = sweep.plan_runs(preset.specs, [0, 1, 2], str(tmp_path), preset.overrides,
+                         preset.seeds_by_spec([0, 1, 2]))
+  assert len(plan) == 3 * len(preset.specs) + 2 * len(preset.close)
+  seeds = {}
+  for spec, seed, _, _ in plan:
+    seeds.setdefault(spec, []).append(seed)
+  assert all(seeds[s] == ([0, 1, 2, 3, 4] if s in preset.close else [0, 1, 2]) for s in seeds)
   assert len({workdir for *_, workdir in plan}) == len(plan)  # no two runs share a workdir
   for _, _, config, _ in plan:
     assert config.data.image_size == 8 and config.training.ema_decay < 0.9999

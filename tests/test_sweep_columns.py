@@ -33,15 +33,15 @@ def test_row_aggregate_and_table_carry_both_ratios():
   assert (rows[0]["replicate_ratio"], rows[0]["replicate_ratio_dedup"]) == (0.25, 0.5)
   assert (rows[0]["replicate_dedup_ci_low"], rows[0]["replicate_dedup_ci_high"]) == (0.3, 0.7)
   (agg,) = study.aggregate(rows)
-  assert agg["ratio_mean"] == pytest.approx(0.5) and agg["ratio_std"] == pytest.approx(0.25)
+  assert agg["ratio_mean"] == pytest.approx(0.5) and agg["ratio_std"] == pytest.approx(0.125 ** 0.5)
   assert agg["ratios_dedup"] == [0.5, 0.75]
   assert agg["ratio_dedup_mean"] == pytest.approx(0.625)
-  assert agg["ratio_dedup_std"] == pytest.approx(0.125)
+  assert agg["ratio_dedup_std"] == pytest.approx(0.03125 ** 0.5)  # sample std (n - 1)
   header, _, line = _all_runs_table(agg)
   cells = [c.strip() for c in line.strip("|").split("|")]
   names = [c.strip() for c in header.strip("|").split("|")]
-  assert cells[names.index("replicate ratio")] == "0.500 ± 0.250 (0.250-0.750)"
-  assert cells[names.index("dedup ratio")] == "0.625 ± 0.125 (0.500-0.750)"
+  assert cells[names.index("replicate ratio")] == "0.500 ± 0.354 (0.250-0.750)"
+  assert cells[names.index("dedup ratio")] == "0.625 ± 0.177 (0.500-0.750)"
 
 
 def test_reports_without_the_dedup_ratio_show_a_dash():
@@ -67,5 +67,5 @@ def test_per_class_ratios_reach_the_row_and_the_csv(tmp_path):
   with open(tmp_path / "summary.csv") as f:
     (line,) = csv.DictReader(f)
   assert json.loads(line["per_class"])["1"]["ratio"] == 0.25
-  assert "| 1 | 0.250 ± 0.000 (0.250-0.250) | s0: 0.25 [0.10, 0.50] |" in (
+  assert "| 1 | 0.250 (0.250-0.250) | s0: 0.25 [0.10, 0.50] |" in (
       tmp_path / "summary.md").read_text()

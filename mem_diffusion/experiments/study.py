@@ -6,21 +6,25 @@ Every group is read from config fields (dataset, dummy_kind, num_dummy,
 num_original, sampling, num_steps, batch_size), never from spec strings, so
 a `--configs` sweep gets the same figures wherever its runs fit a group:
 
-- capacity: runs without dummies, one line per training budget
-  (dataset, num_steps, batch_size), x = train-set size N.
+- capacity: runs without dummies, one line per training budget and
+  conditioning (dataset, num_steps, batch_size, conditioning), x = N.
 - seed figure: at a base size N0, the dummy kinds with uniform batches at
-  M = N0/2, N0, 2 N0 (the seed's 1k/2k/4k dummies beside 2k cars), plus
-  "more <dataset>": the no-dummy run at N = N0 + M, i.e. extra unconditional
-  images of the original class, drawn at x = M. x = 0 is the run at N0.
+  M = N0/2, N0, 2 N0 (the seed's 1k/2k/4k dummies beside 2k cars; hybrids
+  once per reading of their cutoff), each from x = 0 at the like-for-like
+  baseline: the conditional no-dummy run with one label for all (dummy runs
+  are conditional; conditioning alone changes memorization). Plus
+  "more <dataset>, <conditioning>": the no-dummy runs at N = N0 + M, drawn
+  at x = M, once per conditioning that has runs (unconditional beside).
 - dummies fill: a dummy kind that has 'balanced' runs, uniform against
-  balanced over every M (each line labelled with its batch size: balanced
-  at batch 2B gives the original class the no-dummy run's B rows per step).
+  balanced over every M (each line labelled with its batch size and loss
+  scale: balanced at batch 2B with the loss x2 gives the original class the
+  no-dummy run's B rows per step and 1/B weight per row).
 - per class: runs whose report's `per_class` block has several classes
   (samples of every label), the ratio of each class.
 
-Each cell is the mean over seeds with min-max, the bars of every figure are
-min-max (3 seeds: a std is no better an estimate than the range), and each
-run's own Wilson 95% interval is listed in summary.md.
+Each cell is the mean over seeds with the sample std and min-max; the bars
+of every figure are min-max (not bounds: 3-5 seeds), and each run's own
+Wilson 95% interval is listed in summary.md.
 """
 
 from __future__ import annotations
@@ -33,52 +37,86 @@ from typing import Any, Sequence
 from mem_diffusion import report as report_lib
 
 # The settings that define a config, copied from its rows to its aggregate.
-CONFIG_FIELDS = ("name", "dataset", "dummy_kind", "num_dummy", "num_original", "sampling",
-                 "conditional", "num_steps", "batch_size", "class_counts")
+CONFIG_FIELDS = ("name", "dataset", "dummy_kind", "hybrid_mask", "num_dummy", "num_original",
+                 "sampling", "conditional", "conditioning", "num_steps", "batch_size",
+                 "loss_scale", "draws_per_original", "class_counts")
 QUALITY_KEYS = ("d1_median_ratio", "frac_below_heldout_p05", "frechet", "kid",
                 "kid_heldout_split", "frechet_heldout_split")
 SEED_FACTORS = (0.5, 1.0, 2.0)  # dummies per original image in the seed's figure
 
 
+CLOSE_SEEDS = 5  # seeds of a preset's close points (Preset.close)
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  """A named list of config specs and the overrides every run of it gets."""
+  """A named list of config specs and the overrides every run of it gets.
+
+  `close`: the specs whose verdict is close at three seeds; they run
+  CLOSE_SEEDS seeds, the given ones and the next after the largest.
+  """
   specs: tuple[str, ...]
   overrides: tuple[str, ...] = ()
+  close: tuple[str, ...] = ()
+
+  def seeds_by_spec(self, seeds: Sequence[int]) -> dict[str, list[int]]:
+    extra = range(max(seeds) + 1, max(seeds) + 1 + max(CLOSE_SEEDS - len(seeds), 0))
+    return {spec: list(seeds) + list(extra) for spec in self.close}
+
+
+_CAP = "configs/toy_capacity.py:n={}"
+_DUMMIES = "configs/toy_dummies.py:kind={},m={},n={}"
+_HYBRID_CORNER = "configs/toy_dummies.py:kind=hybrid,m={},n=24,mask=corner_radius"
+# 'balanced' at batch 32 with the loss x2: the Mondrians keep the no-dummy
+# run's 16 rows per step and 1/16 loss weight per row (configs/toy_dummies.py).
+_KEEP_REAL = ",sampling=balanced,batch=32,loss_scale=2"
+_MINORITY = ("configs/toy_minority_majority.py",
+             "configs/toy_minority_majority.py:minority=8,majority=96")
+
+
+def _toy_close() -> tuple[str, ...]:
+  """Where three seeds left a verdict close (docs/results.md): the capacity
+  points around the switch, the seed figure at its largest M and its
+  conditional baseline, the uniform/balanced pair at 640 GM, both
+  minority/majority runs."""
+  return (*(_CAP.format(n) for n in (48, 72, 120)),
+          _CAP.format(24) + ",cond=one", _CAP.format(72) + ",cond=one",
+          *(_DUMMIES.format(k, 48, 24) for k in ("gm", "hybrid", "geometric")),
+          _HYBRID_CORNER.format(48),
+          _DUMMIES.format("gm", 640, 24), _DUMMIES.format("gm", 640, 24) + _KEEP_REAL,
+          *_MINORITY)
 
 
 def _toy_specs() -> tuple[str, ...]:
-  """The study at toy scale, cheap and most informative runs first.
+  """The study at toy scale, in groups (docs/results.md gives each one's cost).
 
-  Base N = 24, just under the toy capacity (32-45 images at 2000 steps,
-  docs/results.md). First the base run, then the seed's figure (GM, hybrid and
-  geometric dummies at 12/24/48 beside the capacity runs at 24 + M), the rest
-  of the capacity curves (the 1000-step budget is half the cost), the
-  minority/majority runs, and last the dummies-fill runs (48 and 640 GM
-  dummies, about 1x and 16x the capacity; the balanced ones train at batch
-  32, twice the cost). 27 configs x 3 seeds = 81 runs, about 78 toy-run
-  equivalents: about an hour with --jobs=2 on 2 idle cores (measured in
-  docs/results.md).
+  Base N = 24, under the toy capacity. The capacity curves (2,000 and 1,000
+  steps, unconditional); the conditioning control (N = 24, 36, 48, 72 as
+  class-conditional models with one label for all and with random labels
+  over two classes: the dummy runs are conditional, so the seed's figure is
+  drawn against these); the seed's figure (GM, hybrid under both readings of
+  its cutoff, geometric at M = 12/24/48 beside N = 24); the fill test at
+  640 dummies (uniform batches, and balanced ones that keep the real
+  class's draws and weight, at N = 24 and 48 with GM and geometric
+  dummies); the minority/majority runs. Close points run five seeds.
   """
-  cap = "configs/toy_capacity.py:n={}"
-  dummies = "configs/toy_dummies.py:kind={},m={},n=24"
-  specs = [cap.format(24)]
+  specs = [_CAP.format(n) for n in (16, 24, 36, 48, 72, 120, 240)]
+  specs += [_CAP.format(n) + f",cond={c}" for c in ("one", "random") for n in (24, 36, 48, 72)]
   for m in (12, 24, 48):
-    specs += [cap.format(24 + m)] + [dummies.format(k, m) for k in ("gm", "hybrid", "geometric")]
-  specs += [cap.format(n) for n in (16, 120, 240)]
-  specs += [cap.format(n) + ",steps=1000" for n in (4, 8, 16, 24, 48, 96)]
+    specs += [_DUMMIES.format(k, m, 24) for k in ("gm", "hybrid", "geometric")]
+    specs += [_HYBRID_CORNER.format(m)]
+  specs += [_DUMMIES.format("gm", 640, 24)]  # uniform; 48 is a seed-figure run
+  specs += [_DUMMIES.format(k, 640, n) + _KEEP_REAL for k in ("gm", "geometric") for n in (24, 48)]
+  specs += [_CAP.format(n) + ",steps=1000" for n in (4, 8, 16, 24, 48, 96)]
   # 16/240: 256 images, over the capacity as a whole; 8/96: 104 images, in the
   # switch, where a per-class difference can show (docs/results.md).
-  specs += ["configs/toy_minority_majority.py",
-            "configs/toy_minority_majority.py:minority=8,majority=96"]
-  specs += [dummies.format("gm", 640)]  # uniform at 48 is a seed-figure run
-  specs += [dummies.format("gm", m) + ",sampling=balanced,batch=32" for m in (48, 640)]
+  specs += list(_MINORITY)
   return tuple(specs)
 
 
 PRESETS = {
     # No over-training curve in the study: it costs 10% of every run.
-    "toy": Preset(_toy_specs(), ("eval.every_steps=0",)),
+    "toy": Preset(_toy_specs(), ("eval.every_steps=0",), _toy_close()),
 }
 
 
@@ -86,13 +124,13 @@ PRESETS = {
 # Aggregate over seeds.
 
 def stats(values: Sequence[Any]) -> dict[str, float | None]:
-  """mean, std (population), min, max of the values that are numbers."""
+  """mean, sample std (n - 1; None below 2 values), min, max of the numbers."""
   v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
   if not v:
     return {"mean": None, "std": None, "min": None, "max": None}
   mean = sum(v) / len(v)
-  return {"mean": mean, "std": math.sqrt(sum((x - mean) ** 2 for x in v) / len(v)),
-          "min": min(v), "max": max(v)}
+  std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+  return {"mean": mean, "std": std, "min": min(v), "max": max(v)}
 
 
 def _with_prefix(prefix: str, s: dict[str, float | None]) -> dict[str, float | None]:
@@ -118,6 +156,10 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   out = []
   for rs in by_name.values():
     entry = {k: rs[0].get(k) for k in CONFIG_FIELDS}
+    # Rows of sweeps from before the conditioning control lack these.
+    entry["conditioning"] = entry["conditioning"] or (
+        "class labels" if entry["conditional"] else "unconditional")
+    entry["loss_scale"] = entry["loss_scale"] or 1.0
     entry["seeds"] = [r["seed"] for r in rs]
     entry["ratios"] = [r["replicate_ratio"] for r in rs]
     entry["ratio_ci95"] = [[r.get("replicate_ci_low"), r.get("replicate_ci_high")] for r in rs]
@@ -125,6 +167,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     # Rows from reports written before the duplicate-aware ratio existed lack it.
     entry["ratios_dedup"] = [r.get("replicate_ratio_dedup") for r in rs]
     entry.update(_with_prefix("ratio_dedup", stats(entry["ratios_dedup"])))
+    entry["ratios_originals"] = [r.get("replicate_ratio_originals") for r in rs]
+    entry.update(_with_prefix("ratio_originals", stats(entry["ratios_originals"])))
     for k in QUALITY_KEYS:
       entry.update(_with_prefix(k, stats([r.get(k) for r in rs])))
     entry["per_class"] = _per_class(rs)
@@ -136,6 +180,9 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 # Groups: {line label: [(x, entry), ...]}, each line sorted by x.
 
 Series = dict[str, list[tuple[float, dict[str, Any]]]]
+# The baseline a class-conditional dummy run is compared with: the same
+# architecture (two labels) with every real image under label 0.
+_LIKE_DUMMY_RUNS = ("one label", "unconditional")
 
 
 def _no_dummies(e: dict[str, Any]) -> bool:
@@ -146,48 +193,66 @@ def _label(parts: Sequence[str], keep: Sequence[bool]) -> str:
   return ", ".join(p for p, k in zip(parts, keep) if k) or parts[0]
 
 
+def dummy_label(e: dict[str, Any]) -> str:
+  """The dummy kind, with the reading of the cutoff for hybrids."""
+  mask = e.get("hybrid_mask")
+  return f"{e['dummy_kind']} ({mask})" if e["dummy_kind"] == "hybrid" and mask else e["dummy_kind"]
+
+
 def capacity_series(agg: Sequence[dict[str, Any]]) -> Series:
-  """No-dummy runs, one line per (dataset, budget, batch) with >= 2 sizes."""
+  """No-dummy runs, one line per (dataset, budget, batch, conditioning), >= 2 sizes."""
   lines: dict[tuple, list] = {}
   for e in filter(_no_dummies, agg):
-    lines.setdefault((e["dataset"], e["num_steps"], e["batch_size"]), []).append(
-        (e["num_original"], e))
+    key = (e["dataset"], e["num_steps"], e["batch_size"], e["conditioning"])
+    lines.setdefault(key, []).append((e["num_original"], e))
   lines = {k: v for k, v in lines.items() if len({x for x, _ in v}) >= 2}
-  varies = [len({k[i] for k in lines}) > 1 for i in range(3)]
-  return {_label((f"{s} steps", d, f"batch {b}"), (True, varies[0], varies[2])):
-          sorted(v, key=lambda p: p[0]) for (d, s, b), v in sorted(lines.items())}
+  varies = [len({k[i] for k in lines}) > 1 for i in range(4)]
+  return {_label((f"{s} steps", d, f"batch {b}", c), (True, varies[0], varies[2], varies[3])):
+          sorted(v, key=lambda p: p[0]) for (d, s, b, c), v in sorted(lines.items())}
 
 
 def _bases(agg: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-  """The no-dummy run of each (dataset, N, num_steps, batch_size)."""
-  return {(e["dataset"], e["num_original"], e["num_steps"], e["batch_size"]): e
-          for e in filter(_no_dummies, agg)}
+  """The no-dummy run of each (dataset, N, num_steps, batch_size, conditioning)."""
+  return {(e["dataset"], e["num_original"], e["num_steps"], e["batch_size"],
+           e["conditioning"]): e for e in filter(_no_dummies, agg)}
+
+
+def _like_base(bases: dict[tuple, dict[str, Any]], key: tuple) -> dict[str, Any] | None:
+  """The baseline of dummy runs at key (dataset, N, steps, batch): conditional
+  with one label where it exists (older sweeps: the unconditional run)."""
+  return next((bases[key + (c,)] for c in _LIKE_DUMMY_RUNS if key + (c,) in bases), None)
 
 
 def seed_series(agg: Sequence[dict[str, Any]]) -> Series:
-  """Dummy kinds (uniform batches, M/N0 in SEED_FACTORS) and more originals, x = M."""
+  """Dummy kinds (uniform batches, M/N0 in SEED_FACTORS) and more originals, x = M.
+
+  Every dummy line starts (x = 0) at the conditional one-label baseline;
+  each 'more <dataset>' line (extra originals: N = N0 + M) is drawn for
+  every conditioning that has runs, from its own baseline.
+  """
   bases = _bases(agg)
   groups: dict[tuple, Series] = {}
   for e in agg:
     n0, m = e["num_original"], e["num_dummy"]
-    if (e["dummy_kind"] == "none" or e["sampling"] != "uniform"
+    if (e["dummy_kind"] == "none" or e["sampling"] != "uniform" or e["loss_scale"] != 1
         or not any(math.isclose(m, f * n0) for f in SEED_FACTORS)):
       continue
     key = (e["dataset"], n0, e["num_steps"], e["batch_size"])
-    groups.setdefault(key, {}).setdefault(e["dummy_kind"], []).append((m, e))
+    groups.setdefault(key, {}).setdefault(dummy_label(e), []).append((m, e))
   out: Series = {}
   several = len(groups) > 1
   for key, lines in sorted(groups.items()):
     dataset, n0 = key[0], key[1]
     counts = sorted({m for pts in lines.values() for m, _ in pts})
-    more = [(m, bases[(dataset, n0 + m) + key[2:]]) for m in counts
-            if (dataset, n0 + m) + key[2:] in bases]
-    if more:
-      lines[f"more {dataset}"] = more
-    base = bases.get(key)
+    base = _like_base(bases, key)
     suffix = f" (N={n0}, {key[2]} steps)" if several else ""
     for label, pts in lines.items():
       out[label + suffix] = ([(0, base)] if base else []) + sorted(pts, key=lambda p: p[0])
+    for cond in sorted({k[4] for k in bases}):
+      more = [(m, bases[(dataset, n0 + m) + key[2:] + (cond,)]) for m in [0] + counts
+              if (dataset, n0 + m) + key[2:] + (cond,) in bases]
+      if len(more) > 1:
+        out[f"more {dataset}, {cond}{suffix}"] = more
   return out
 
 
@@ -196,19 +261,22 @@ def fill_series(agg: Sequence[dict[str, Any]]) -> Series:
   groups: dict[tuple, dict[tuple, list]] = {}
   for e in agg:
     if e["dummy_kind"] != "none" and e["sampling"] in ("uniform", "balanced"):
-      key = (e["dataset"], e["num_original"], e["num_steps"], e["dummy_kind"])
-      line = (e["sampling"], e["batch_size"])
+      key = (e["dataset"], e["num_original"], e["num_steps"], dummy_label(e))
+      line = (e["sampling"], e["batch_size"], e["loss_scale"])
       groups.setdefault(key, {}).setdefault(line, []).append((e["num_dummy"], e))
-  groups = {k: v for k, v in groups.items() if any(s == "balanced" for s, _ in v)}
+  groups = {k: v for k, v in groups.items() if any(s == "balanced" for s, _, _ in v)}
   bases = _bases(agg)
   out: Series = {}
   several = len(groups) > 1
   for (dataset, n0, steps, kind), lines in sorted(groups.items()):
-    suffix = f" ({kind}, N={n0}, {steps} steps)" if several else ""
-    for (sampling, batch), pts in sorted(lines.items()):
-      base = bases.get((dataset, n0, steps, batch)) or next(
-          (b for k, b in sorted(bases.items()) if k[:3] == (dataset, n0, steps)), None)
-      out[f"{sampling} (batch {batch}){suffix}"] = (
+    suffix = f" ({kind}, N={n0})" if several else ""
+    for (sampling, batch, scale), pts in sorted(lines.items()):
+      # A balanced run at batch 2B starts from the baseline at batch B.
+      base = _like_base(bases, (dataset, n0, steps, batch)) or next(
+          (b for c in _LIKE_DUMMY_RUNS for k, b in sorted(bases.items(), key=lambda kv: kv[0][3])
+           if k[:3] == (dataset, n0, steps) and k[4] == c), None)
+      loss = "" if scale == 1 else f", loss x{scale:g}"
+      out[f"{sampling} (batch {batch}{loss}){suffix}"] = (
           ([(0, base)] if base else []) + sorted(pts, key=lambda p: p[0]))
   return out
 
@@ -254,12 +322,17 @@ def write_figures(agg: Sequence[dict[str, Any]], root: str) -> list[str]:
 
 
 def cell(e: dict[str, Any], key: str, digits: int = 3) -> str:
-  """'mean ± std (min-max)', or '-' where no seed has the value."""
+  """'mean ± sample std (min-max)', 'mean (min-max)' for one seed, '-' for none."""
   if e.get(f"{key}_mean") is None:
     return "-"
   f = lambda v: f"{v:.{digits}f}"  # pylint: disable=unnecessary-lambda-assignment
-  return (f"{f(e[key + '_mean'])} ± {f(e[key + '_std'])} "
-          f"({f(e[key + '_min'])}-{f(e[key + '_max'])})")
+  std = "" if e.get(f"{key}_std") is None else f" ± {f(e[key + '_std'])}"
+  return f"{f(e[key + '_mean'])}{std} ({f(e[key + '_min'])}-{f(e[key + '_max'])})"
+
+
+def draws(e: dict[str, Any]) -> str:
+  """Training draws per original image, or '-' for rows that predate it."""
+  return "-" if e.get("draws_per_original") is None else f"{e['draws_per_original']:.0f}"
 
 
 def per_seed(ratios: Sequence[Any], cis: Sequence[Any], seeds: Sequence[Any]) -> str:
@@ -273,11 +346,13 @@ def per_seed(ratios: Sequence[Any], cis: Sequence[Any], seeds: Sequence[Any]) ->
 
 def _series_table(series: Series, xname: str) -> list[str]:
   lines = [f"| line | {xname} | run | replicate ratio | per seed (Wilson 95%) "
-           "| d1 median ratio |", "|---|---|---|---|---|---|"]
+           "| vs originals only | draws / real image | d1 median ratio |",
+           "|---|---|---|---|---|---|---|---|"]
   for label, pts in series.items():
     for x, e in pts:
       lines.append(f"| {label} | {x:g} | {e['name']} | {cell(e, 'ratio')} | "
                    f"{per_seed(e['ratios'], e['ratio_ci95'], e['seeds'])} | "
+                   f"{cell(e, 'ratio_originals')} | {draws(e)} | "
                    f"{cell(e, 'd1_median_ratio', 2)} |")
   return lines
 
@@ -297,18 +372,21 @@ def _all_runs_table(agg: Sequence[dict[str, Any]]) -> list[str]:
 
   'dedup' is the duplicate-aware ratio (docs/quality.md says when it differs).
   """
-  lines = ["| run | N orig | dummies | sampling | steps | batch | replicate ratio "
-           "| per seed (Wilson 95%) | dedup ratio | d1 median ratio | frac < held-out p05 "
-           "| KID (floor) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| run | N orig | dummies | sampling | conditioning | steps | batch | replicate ratio "
+           "| per seed (Wilson 95%) | vs originals only | draws / real image | dedup ratio "
+           "| d1 median ratio | frac < held-out p05 | KID (floor) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for e in agg:
-    dummies = "-" if e["dummy_kind"] == "none" else f"{e['num_dummy']} {e['dummy_kind']}"
+    dummies = "-" if e["dummy_kind"] == "none" else f"{e['num_dummy']} {dummy_label(e)}"
+    loss = "" if e["loss_scale"] == 1 else f" (loss x{e['loss_scale']:g})"
     kid = "-" if e["kid_mean"] is None else (
         f"{e['kid_mean']:.3g} ({e['kid_heldout_split_mean'] or 0:.2g})")
     lines.append(
         f"| {e['name']} | {e['num_original']} | {dummies} | "
-        f"{e['sampling'] if e['dummy_kind'] != 'none' else '-'} | {e['num_steps']} | "
-        f"{e['batch_size']} | {cell(e, 'ratio')} | "
-        f"{per_seed(e['ratios'], e['ratio_ci95'], e['seeds'])} | {cell(e, 'ratio_dedup')} | "
+        f"{e['sampling'] if e['dummy_kind'] != 'none' else '-'} | {e['conditioning']} | "
+        f"{e['num_steps']} | {e['batch_size']}{loss} | "
+        f"{cell(e, 'ratio')} | {per_seed(e['ratios'], e['ratio_ci95'], e['seeds'])} | "
+        f"{cell(e, 'ratio_originals')} | {draws(e)} | {cell(e, 'ratio_dedup')} | "
         f"{cell(e, 'd1_median_ratio', 2)} | {cell(e, 'frac_below_heldout_p05', 2)} | {kid} |")
   return lines
 
@@ -316,12 +394,14 @@ def _all_runs_table(agg: Sequence[dict[str, Any]]) -> list[str]:
 def markdown(agg: Sequence[dict[str, Any]]) -> str:
   """summary.md: one table per group that has runs, then every run.
 
-  Cells are `mean ± std (min-max)` over seeds.
+  Cells are `mean ± sample std (min-max)` over seeds.
   """
-  parts = []
+  parts = ["Cells: mean ± sample standard deviation (n - 1) (min-max) over seeds; each "
+           "seed's own Wilson 95% interval beside them. A min-max range over 3-5 seeds "
+           "is not a bound: another seed can fall outside it.", ""]
   cap = capacity_series(agg)
   if cap:
-    parts += ["## Capacity (no dummies; one line per training budget)", "",
+    parts += ["## Capacity (no dummies; one line per training budget and conditioning)", "",
               *_series_table(cap, "N"), ""]
   seed = seed_series(agg)
   if seed:
@@ -334,6 +414,8 @@ def markdown(agg: Sequence[dict[str, Any]]) -> str:
   # Every labelled sample set has a per_class block; one class says nothing more.
   classes = [e for e in agg if len(e["per_class"]) > 1]
   if classes:
-    parts += ["## Per class (samples of every label)", "", *_class_table(classes), ""]
+    parts += ["## Per class (samples of every label; '(dummy label)': the samples drawn "
+              "with the dummy label, against the whole train set)", "",
+              *_class_table(classes), ""]
   parts += ["## All runs", "", *_all_runs_table(agg)]
   return "\n".join(parts) + "\n"

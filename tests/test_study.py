@@ -214,3 +214,13 @@ def test_one_class_runs_have_no_per_class_table():
   agg = study.aggregate([fake("c", 0, 0.5, per_class=one)])
   assert agg[0]["per_class"]["0"]["ratio_mean"] == 0.5
   assert "## Per class" not in study.markdown(agg)
+
+
+def test_switch_is_read_the_same_way_everywhere(agg):
+  assert study.crossing([(8, 1.0), (24, 0.8), (48, 0.0)], 0.9) == pytest.approx(16)
+  assert study.crossing([(8, 1.0), (24, 0.8), (48, 0.0)], 0.1) == pytest.approx(45)
+  assert study.crossing([(8, 0.5), (24, 0.4)], 0.1) is None
+  lines = study.switch_lines(study.capacity_series(agg))
+  # 2000 steps: 0.95 at 8, 0.7 at 24 -> 0.9 at 11.2; 0.3 at 36, 0.2 at 48 -> never 0.1
+  assert "- 2000 steps, unconditional: the mean ratio crosses 0.9 at N = 11 and 0.1 at N = -" \
+      in "\n".join(lines)

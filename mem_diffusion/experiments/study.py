@@ -281,6 +281,31 @@ def fill_series(agg: Sequence[dict[str, Any]]) -> Series:
   return out
 
 
+def crossing(points: Sequence[tuple[float, float]], level: float) -> float | None:
+  """The first x where a falling line of (x, mean ratio) drops through
+  `level`, interpolated linearly in x; None if it never does."""
+  for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    if y0 >= level > y1:
+      return x0 + (y0 - level) * (x1 - x0) / (y0 - y1)
+  return None
+
+
+def switch_lines(series: Series) -> list[str]:
+  """Where each capacity line stops copying: N at 0.9 and 0.1, and their ratio
+  (one definition of the switch's width for every table that quotes it)."""
+  out = []
+  for label, pts in series.items():
+    means = [(x, e["ratio_mean"]) for x, e in pts if e["ratio_mean"] is not None]
+    hi, lo = crossing(means, 0.9), crossing(means, 0.1)
+    if hi is None and lo is None:
+      continue
+    f = lambda v: "-" if v is None else f"{v:.0f}"  # pylint: disable=unnecessary-lambda-assignment
+    width = f"; width N(0.1) / N(0.9) = {lo / hi:.1f}" if hi and lo else ""
+    out.append(f"- {label}: the mean ratio crosses 0.9 at N = {f(hi)} and 0.1 at N = "
+               f"{f(lo)} (linear in N between measured sizes){width}")
+  return out
+
+
 # ---------------------------------------------------------------------------
 # Figures and tables.
 
@@ -402,7 +427,7 @@ def markdown(agg: Sequence[dict[str, Any]]) -> str:
   cap = capacity_series(agg)
   if cap:
     parts += ["## Capacity (no dummies; one line per training budget and conditioning)", "",
-              *_series_table(cap, "N"), ""]
+              *_series_table(cap, "N"), "", *switch_lines(cap), ""]
   seed = seed_series(agg)
   if seed:
     parts += ["## The seed's figure (uniform batches; 'more' = extra original images)", "",

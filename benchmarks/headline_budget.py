@@ -13,8 +13,10 @@ forward per image and chain step. FLOPs become seconds at an assumed
 utilisation (MFU) of the vendor's dense peak for the compute dtype
 (benchmarks/gpu_check_report.py: H100 SXM 989.4 TFLOP/s bfloat16, 494.7 TF32
 for float32). What FLOPs do not count is a fixed cost per run, assumed in
-FIXED_S. docs/headline_gpu.md prints this script's table; tests keep the two
-equal.
+FIXED_S. The table's last line gives the most steps (multiples of
+STEP_ROUNDING) that fit LIMIT_S at this MFU: the 'short' step count
+(configs/mondrian_2k.py SHORT_STEPS). docs/headline_gpu.md prints this
+script's table; tests keep the two equal.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ ARG = "short,bf16"
 # Where the toy study's replicate ratio fell through 0.1, in training draws per
 # image (docs/results.md, section 1: 2,000 x 16 / 118 at its 2,000-step budget).
 TOY_CROSSING_DRAWS = 271
+# The most draws per image at which the toy copied nothing (the same table:
+# N = 240 at 2,000 steps x batch 16, ratio 0.000 in all three seeds).
+TOY_ZERO_DRAWS = 133
+STEP_ROUNDING = 500  # 'short' takes the largest multiple of this that fits LIMIT_S
 # Seconds per run that FLOPs do not count; assumptions, not measurements, except
 # where said. A fresh process each run: the second run's model is conditional,
 # so no compiled program carries over.
@@ -75,7 +81,8 @@ def project(config, mfu: float = MFU) -> dict:
          "train_images": train_images,
          "train_s": 3 * forward * train_images / rate, "chain_steps": chain,
          "num_samples": s.num_samples, "sample_s": forward * sampled * chain / rate,
-         "fixed_s": float(sum(FIXED_S.values())), "draws_per_original": draws}
+         "fixed_s": float(sum(FIXED_S.values())), "draws_per_original": draws,
+         "num_steps": t.num_steps}
   out["total_s"] = out["train_s"] + out["sample_s"] + out["fixed_s"]
   return out
 
@@ -96,6 +103,22 @@ def break_even_mfu(rows: list[dict], mfu: float = MFU, limit_s: float = LIMIT_S)
   return compute / (limit_s - fixed) if limit_s > fixed else math.inf
 
 
+def largest_steps(rows: list[dict], limit_s: float = LIMIT_S,
+                  rounding: int = STEP_ROUNDING) -> int:
+  """The most steps, a multiple of `rounding`, at which the runs of `rows`
+  (all at one step count; training seconds scale with it) fit `limit_s`."""
+  steps = {r["num_steps"] for r in rows}
+  assert len(steps) == 1, f"runs at different step counts: {sorted(steps)}"
+  per_step = sum(r["train_s"] for r in rows) / steps.pop()
+  room = limit_s - sum(r["sample_s"] + r["fixed_s"] for r in rows)
+  return max(int(room / per_step) // rounding * rounding, 0)
+
+
+def total_at(rows: list[dict], num_steps: int) -> float:
+  """Seconds of the runs of `rows` if each trained `num_steps` steps."""
+  return sum(r["total_s"] + r["train_s"] * (num_steps / r["num_steps"] - 1) for r in rows)
+
+
 def markdown(rows: list[dict], mfu: float = MFU) -> str:
   lines = ["| run | forward GFLOP/image | train images | train s | samples x chain steps "
            "| sample s | fixed s | total s | draws per Mondrian |", "|---|" + "---|" * 8]
@@ -112,6 +135,11 @@ def markdown(rows: list[dict], mfu: float = MFU) -> str:
   lines.append(f"MFU {mfu:.0%} of the dense peak; fixed s per run: "
                + ", ".join(f"{k} {v}" for k, v in FIXED_S.items())
                + f". Fits {LIMIT_S / 60:.0f} min down to MFU {break_even_mfu(rows, mfu):.1%}.")
+  most = largest_steps(rows)
+  lines.append(f"Most steps that fit {LIMIT_S / 60:.0f} min at this MFU, in multiples of "
+               f"{STEP_ROUNDING}: {most:,} ({most + STEP_ROUNDING:,} steps project "
+               f"{total_at(rows, most + STEP_ROUNDING):.0f} s); without the fixed s, "
+               f"{largest_steps([dict(r, fixed_s=0.0) for r in rows]):,}.")
   return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The paper's headline on one GPU: mondrian_2k (~92% replicates in Yoon et al.)
 # and mondrian_2k_gm_6k (~0.2%), each trained, sampled (respaced ancestral
-# chain) and evaluated with the 'short' budget of configs/mondrian_2k.py, one
-# after the other, then both replicate ratios beside the paper's.
+# chain) and evaluated with the 'short' budget of configs/mondrian_2k.py (6k
+# steps, dropout 0: 384 draws per Mondrian, enough that mondrian_2k is expected
+# to copy), one after the other, then both replicate ratios beside the paper's.
 #
-#   bash benchmarks/headline_gpu.sh                  # ~8 min projected on one H100
+#   bash benchmarks/headline_gpu.sh                  # ~8.8 min projected on one H100
 #   bash benchmarks/headline_gpu.sh --config.training.num_steps=4000   # flags go to both runs
 #
 # Environment: HEADLINE_ARG (config argument, default short,bf16), HEADLINE_ROOT

@@ -220,6 +220,9 @@ def test_switch_is_read_the_same_way_everywhere(agg):
   assert study.crossing([(8, 1.0), (24, 0.8), (48, 0.0)], 0.9) == pytest.approx(16)
   assert study.crossing([(8, 1.0), (24, 0.8), (48, 0.0)], 0.1) == pytest.approx(45)
   assert study.crossing([(8, 0.5), (24, 0.4)], 0.1) is None
+  # A dip under the level and back (seed noise) is not the switch: the last drop is.
+  assert study.crossing([(16, 0.99), (24, 0.89), (36, 0.95), (48, 0.85)], 0.9) == pytest.approx(
+      36 + 0.05 / 0.10 * 12)
   lines = study.switch_lines(study.capacity_series(agg))
   # 2000 steps: 0.95 at 8, 0.7 at 24 -> 0.9 at 11.2; 0.3 at 36, 0.2 at 48 -> never 0.1
   assert "- 2000 steps, unconditional: the mean ratio crosses 0.9 at N = 11 and 0.1 at N = -" \

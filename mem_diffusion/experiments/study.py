@@ -282,9 +282,10 @@ def fill_series(agg: Sequence[dict[str, Any]]) -> Series:
 
 
 def crossing(points: Sequence[tuple[float, float]], level: float) -> float | None:
-  """The first x where a falling line of (x, mean ratio) drops through
-  `level`, interpolated linearly in x; None if it never does."""
-  for (x0, y0), (x1, y1) in zip(points, points[1:]):
+  """Where a falling line of (x, mean ratio) drops through `level` for the
+  last time (below it from there on, seed noise before it cannot move it
+  back), interpolated linearly in x; None if it never does."""
+  for (x0, y0), (x1, y1) in reversed(list(zip(points, points[1:]))):
     if y0 >= level > y1:
       return x0 + (y0 - level) * (x1 - x0) / (y0 - y1)
   return None

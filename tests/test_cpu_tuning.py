@@ -201,6 +201,7 @@ def _probe(before: str = "", **env) -> tuple[list[str], list[str], dict[str, str
           [l for l in lines if l.startswith("cpu tuning")], seen)
 
 
+@pytest.mark.slow  # a subprocess or a whole run: kept out of the fast suite's 5 minutes
 def test_an_entry_point_tunes_itself_before_jax_starts_and_says_so():
   """On CPU both mechanisms, each announced; the huge pages by one restart
   (same pid and arguments); each switch turns off only its own."""

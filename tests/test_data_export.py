@@ -86,6 +86,7 @@ def _export_cli(tmp_path, *args):
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a subprocess or a whole run: kept out of the fast suite's 5 minutes
 def test_export_refuses_to_overwrite_a_users_json_or_write_previews_badly(tmp_path):
   """Every path the export writes is checked before the build; nothing of the
   user's is replaced, and each mistake is one line with exit 2."""

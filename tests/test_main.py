@@ -35,6 +35,7 @@ def test_bad_config_is_one_line_exit_2(tmp_path, flags, message):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow  # a subprocess or a whole run: kept out of the fast suite's 5 minutes
 def test_missing_cifar_is_the_data_error_before_any_compute(tmp_path):
   env = th.subprocess_env(1)
   env["TFDS_DATA_DIR"] = str(tmp_path / "no_tfds")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from mem_diffusion import npz_io
 from mem_diffusion.analysis import replicates
@@ -65,6 +66,7 @@ def test_cli_bad_inputs_one_line_each(tmp_path, capsys):
   assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow  # a subprocess or a whole run: kept out of the fast suite's 5 minutes
 def test_cli_round_trip_subprocess(tmp_path):
   data = synthetic.synthetic_set(13, num_train=120, num_copies=10, num_blend2=6, num_novel=8,
                                   image_size=16)

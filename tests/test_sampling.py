@@ -186,6 +186,7 @@ def test_sampling_without_checkpoint_says_what_to_do(tmp_path):
     sampling.sample_to_workdir(config, str(tmp_path))
 
 
+@pytest.mark.slow  # a subprocess or a whole run: kept out of the fast suite's 5 minutes
 def test_restoring_for_sampling_builds_no_train_step(tmp_path, monkeypatch):
   """Sampling needs only the state's structure, never the optimizer's step."""
   config = th.micro_config()

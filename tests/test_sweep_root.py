@@ -33,6 +33,7 @@ def _summary_names(root):
     return [(r["name"], r["seed"]) for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # a subprocess or a whole run: kept out of the fast suite's 5 minutes
 def test_a_second_sweep_on_a_held_root_exits_2_and_the_summary_keeps_every_run(tmp_path):
   root = tmp_path / "root"
   env = th.subprocess_env(1)

@@ -20,8 +20,10 @@ from mem_diffusion.experiments import workers
 from mem_diffusion.run import train
 
 # 8x8 toy model, a 20-step chain and 8 training steps: seconds per run.
+# The toy dummy configs add dummy-label samples on top of their own count;
+# here every run draws 16 of the original class only.
 MICRO = ("training.num_steps=8", "diffusion.steps=20", "sampling.respacing=10",
-         "sampling.num_samples=16",
+         "sampling.num_samples=16", "sampling.dummy_label_samples=0",
          "sampling.batch_size=16", "eval.num_heldout=16", "eval.blend_k=2")
 SPECS = ("configs/toy_capacity.py:8,tiny",
          "configs/toy_dummies.py:kind=gm,m=8,n=8,sampling=balanced,tiny")

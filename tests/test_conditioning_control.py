@@ -7,7 +7,7 @@ import pytest
 
 from mem_diffusion import config as config_lib
 from mem_diffusion import data
-from mem_diffusion.experiments import sweep
+from mem_diffusion.experiments import rows
 from mem_diffusion.run import evaluate
 from mem_diffusion.run import sampling
 
@@ -23,8 +23,8 @@ def test_cond_one_is_the_dummy_runs_model_with_one_label():
   assert config.name == "toy_capacity_24_cond" and config.model.num_classes == 2
   train = data.build_train_set(config.data)
   assert set(train.labels.tolist()) == {0} and config.sampling.label == 0
-  assert sweep.conditioning(config) == "one label"
-  assert sweep.conditioning(_load("configs/toy_capacity.py:n=24")) == "unconditional"
+  assert rows.conditioning(config) == "one label"
+  assert rows.conditioning(_load("configs/toy_capacity.py:n=24")) == "unconditional"
 
 
 def test_cond_random_labels_carry_no_information_and_are_rebuilt_exactly():
@@ -35,7 +35,7 @@ def test_cond_random_labels_carry_no_information_and_are_rebuilt_exactly():
   np.testing.assert_array_equal(labels, data.build_train_set(config.data).labels)
   config.data.seed = 1
   assert not np.array_equal(labels, data.build_train_set(config.data).labels)
-  assert sweep.conditioning(config) == "random labels"
+  assert rows.conditioning(config) == "random labels"
 
 
 @pytest.mark.parametrize("change,message", [
@@ -78,11 +78,11 @@ def test_balanced_arm_keeps_the_real_rows_and_their_weight():
   assert config.name == "toy_gm_640_balanced_n48_b32_ls2"
   assert config.training.loss_scale == 2.0
   # 16 of 32 rows are Mondrians: the no-dummy run's draws at batch 16 ...
-  assert sweep.draws_per_original(config) == 2000 * 16 / 48
+  assert rows.draws_per_original(config) == 2000 * 16 / 48
   # ... and each has weight loss_scale / batch = 1/16, as at batch 16.
   assert config.training.loss_scale / config.training.batch_size == 1 / 16
   uniform = _load("configs/toy_dummies.py:kind=gm,m=48,n=24")
-  assert sweep.draws_per_original(uniform) == pytest.approx(2000 * 16 / 72)
+  assert rows.draws_per_original(uniform) == pytest.approx(2000 * 16 / 72)
 
 
 def test_originals_only_ratio_and_the_dummy_label_block(tmp_path):
@@ -118,16 +118,16 @@ def test_row_carries_the_new_columns():
             "replicate_ratio_originals": 0.6, "replicate_ci95_originals": [0.5, 0.7],
             "per_class": {"0": {"replicate_ratio": 0.5, "replicate_ci95": [0.4, 0.6]}},
             "dummy_label": {"label": 1, "replicate_ratio": 0.1, "replicate_ci95": [0.0, 0.2]}}
-  row = sweep.row("spec", config, 0, "/w", report)
-  assert set(row) == set(sweep.COLUMNS)
+  row = rows.row("spec", config, 0, "/w", report)
+  assert set(row) == set(rows.COLUMNS)
   assert row["replicate_ratio_originals"] == 0.6 and row["replicate_originals_ci_high"] == 0.7
   assert row["draws_per_original"] == pytest.approx(444.4)
   assert row["conditioning"] == "class labels" and row["loss_scale"] == 1.0
   assert row["per_class"]["1 (dummy label)"] == {"ratio": 0.1, "ci95": [0.0, 0.2]}
   # Without dummies the originals are the whole train set.
-  plain = sweep.row("spec", _load("configs/toy_capacity.py:24"), 0, "/w", report | {
+  plain = rows.row("spec", _load("configs/toy_capacity.py:24"), 0, "/w", report | {
       "replicate_ratio_originals": None})
   assert plain["replicate_ratio_originals"] is None
-  plain = sweep.row("spec", _load("configs/toy_capacity.py:24"), 0, "/w",
+  plain = rows.row("spec", _load("configs/toy_capacity.py:24"), 0, "/w",
                     {"replicate_ratio": 0.5, "replicate_ci95": [0.4, 0.6]})
   assert plain["replicate_ratio_originals"] == 0.5 and plain["replicate_originals_ci_low"] == 0.4

@@ -3,13 +3,14 @@
 import pytest
 
 from mem_diffusion import report
+from mem_diffusion.experiments import presets
 from mem_diffusion.experiments import study
 
 
 def fake(name, seed, ratio, *, n=24, kind="none", m=0, sampling="uniform", steps=2000,
          batch=16, d1=1.5, per_class=None, counts=None, dataset="mondrian", cond=None,
          mask=None, scale=None):
-  """A summary row as sweep.row writes it (only the fields the study reads).
+  """A summary row as rows.row writes it (only the fields the study reads).
 
   cond/mask/scale None: a row of a sweep from before those fields existed.
   """
@@ -179,7 +180,7 @@ def test_one_seed_has_no_std():
 
 
 def test_toy_preset_covers_every_figure():
-  preset = study.PRESETS["toy"]
+  preset = presets.PRESETS["toy"]
   specs = preset.specs
   assert len(set(specs)) == len(specs)
   assert set(preset.close) <= set(specs)
@@ -203,7 +204,7 @@ def test_toy_preset_covers_every_figure():
 
 
 def test_close_points_run_five_seeds():
-  preset = study.Preset(("a.py", "b.py"), close=("b.py",))
+  preset = presets.Preset(("a.py", "b.py"), close=("b.py",))
   assert preset.seeds_by_spec([0, 1, 2]) == {"b.py": [0, 1, 2, 3, 4]}
   assert preset.seeds_by_spec([3]) == {"b.py": [3, 4, 5, 6, 7]}
   assert preset.seeds_by_spec(list(range(6))) == {"b.py": list(range(6))}

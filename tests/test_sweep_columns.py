@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from mem_diffusion.experiments import rows
 from mem_diffusion.experiments import study
 from mem_diffusion.experiments import sweep
 
@@ -28,11 +29,11 @@ def test_row_aggregate_and_table_carry_both_ratios():
               "replicate_ratio_dedup": 0.5, "replicate_ci95_dedup": [0.3, 0.7]},
              {"replicate_ratio": 0.75, "replicate_ci95": [0.6, 0.9],
               "replicate_ratio_dedup": 0.75, "replicate_ci95_dedup": [0.6, 0.9]}]
-  rows = [sweep.row("spec", config, s, "/w", r) for s, r in enumerate(reports)]
-  assert set(sweep.COLUMNS) == set(rows[0])
-  assert (rows[0]["replicate_ratio"], rows[0]["replicate_ratio_dedup"]) == (0.25, 0.5)
-  assert (rows[0]["replicate_dedup_ci_low"], rows[0]["replicate_dedup_ci_high"]) == (0.3, 0.7)
-  (agg,) = study.aggregate(rows)
+  made = [rows.row("spec", config, s, "/w", r) for s, r in enumerate(reports)]
+  assert set(rows.COLUMNS) == set(made[0])
+  assert (made[0]["replicate_ratio"], made[0]["replicate_ratio_dedup"]) == (0.25, 0.5)
+  assert (made[0]["replicate_dedup_ci_low"], made[0]["replicate_dedup_ci_high"]) == (0.3, 0.7)
+  (agg,) = study.aggregate(made)
   assert agg["ratio_mean"] == pytest.approx(0.5) and agg["ratio_std"] == pytest.approx(0.125 ** 0.5)
   assert agg["ratios_dedup"] == [0.5, 0.75]
   assert agg["ratio_dedup_mean"] == pytest.approx(0.625)
@@ -45,7 +46,7 @@ def test_row_aggregate_and_table_carry_both_ratios():
 
 
 def test_reports_without_the_dedup_ratio_show_a_dash():
-  row = sweep.row("spec", _config(), 0, "/w", {"replicate_ratio": 0.5})
+  row = rows.row("spec", _config(), 0, "/w", {"replicate_ratio": 0.5})
   assert row["replicate_ratio_dedup"] is None and row["replicate_dedup_ci_low"] is None
   (agg,) = study.aggregate([row])
   assert agg["ratio_dedup_mean"] is None
@@ -59,7 +60,7 @@ def test_per_class_ratios_reach_the_row_and_the_csv(tmp_path):
   report = {"replicate_ratio": 0.5, "replicate_ci95": [0.3, 0.7],
             "per_class": {"0": {"replicate_ratio": 0.75, "replicate_ci95": [0.5, 0.9]},
                           "1": {"replicate_ratio": 0.25, "replicate_ci95": [0.1, 0.5]}}}
-  row = sweep.row("spec", _config(), 0, "/w", report)
+  row = rows.row("spec", _config(), 0, "/w", report)
   assert row["per_class"] == {"0": {"ratio": 0.75, "ci95": [0.5, 0.9]},
                               "1": {"ratio": 0.25, "ci95": [0.1, 0.5]}}
   assert (row["num_steps"], row["batch_size"], row["class_counts"]) == (2000, 16, None)

@@ -38,8 +38,8 @@ LIMIT_S = 540.0  # the GPU command's target: 9 minutes for both runs
 CONFIGS = ("configs/mondrian_2k.py", "configs/mondrian_2k_gm_6k.py")
 ARG = "short,bf16"
 # Where the toy study's replicate ratio fell through 0.1, in training draws per
-# image (docs/results.md, section 1: 2,000 x 16 / 118 at its 2,000-step budget).
-TOY_CROSSING_DRAWS = 271
+# image (docs/results.md, section 1: 2,000 x 16 / 117 at its 2,000-step budget).
+TOY_CROSSING_DRAWS = 274
 # The most draws per image at which the toy copied nothing (the same table:
 # N = 240 at 2,000 steps x batch 16, ratio 0.000 in all three seeds).
 TOY_ZERO_DRAWS = 133

@@ -26,8 +26,8 @@ changes:
   like-for-like, differing only in the 6k dummies.
 - Why copying is expected: the toy study (docs/results.md, section 1: a
   0.7M-parameter UNet on 8x8 Mondrians, no dropout, 2,000 steps x batch 16)
-  copies 0.90-0.97 at 889-1,333 draws per image, 0.83 at 667, 0.64 at 444,
-  0.08 at 267 and 0.00 at 133: its ratio passes 0.1 at 271 and is about a
+  copies 0.90-0.95 at 889-1,333 draws per image, 0.83 at 667, 0.65 at 444,
+  0.06 at 267 and 0.00 at 133: its ratio passes 0.1 at 274 and is about a
   half at 384. So mondrian_2k (384, 1.4x the 0.1 crossing) is expected to
   give a clearly non-zero ratio, and gm_6k (96, below the toy's 0.00 point)
   one near 0. Whether a 52.5M-parameter UNet on 32x32 images copies faster

@@ -133,8 +133,8 @@ def test_projection_fits_and_the_doc_prints_it():
   assert budget.TOY_ZERO_DRAWS == 2000 * 16 // 240
   with open(os.path.join(th.REPO, "docs", "results.md")) as f:
     results = f.read()
-  assert f"2,000 x 16 / 118 = {budget.TOY_CROSSING_DRAWS}" in results
-  assert "| 2,000 | 240 | 0.000 ± 0.000" in results  # the toy's 133 draws: no copies
+  assert f"2,000 x 16 / 117 = {budget.TOY_CROSSING_DRAWS}" in results
+  assert "| 2000 steps, unconditional | 240 | 0.000 ± 0.000" in results  # 133 draws: no copies
   with open(DOC) as f:
     doc = f.read()
   assert budget.markdown(rows) in doc, "rerun benchmarks/headline_budget.py into the doc"

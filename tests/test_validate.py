@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mem_diffusion import config as config_lib
+from mem_diffusion import config_guard
 import train_helpers as th
 
 CONFIG_MODULES = sorted(
@@ -119,13 +120,13 @@ def test_guard_lists_unsafe_changes_and_accepts_safe_ones():
   safe = th.micro_config(training__num_steps=1000, training__log_every=7,
                          sampling__num_samples=5)
   safe.eval.blend_k = 3
-  assert sorted(config_lib.guard_workdir_config(old, safe)) == [
+  assert sorted(config_guard.guard_workdir_config(old, safe)) == [
       "eval.blend_k", "sampling.num_samples", "training.log_every", "training.num_steps"]
-  assert config_lib.guard_workdir_config(old, th.micro_config()) == []
+  assert config_guard.guard_workdir_config(old, th.micro_config()) == []
   unsafe = th.micro_config(training__batch_size=16, model__num_res_blocks=2,
                            training__num_steps=5)
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.guard_workdir_config(old, unsafe)
+    config_guard.guard_workdir_config(old, unsafe)
   message = str(e.value)
   assert "training.batch_size: 8 -> 16" in message
   assert "model.num_res_blocks: 1 -> 2" in message
@@ -322,6 +323,6 @@ def test_config_recorded_before_a_key_existed_counts_as_its_legacy_value():
   old = config.to_dict()
   del old["data"]["hybrid_mask"]
   config.data.hybrid_mask = "corner_radius"
-  assert config_lib.config_changes(old, config.to_dict()) == ([], [])
+  assert config_guard.config_changes(old, config.to_dict()) == ([], [])
   config.data.hybrid_mask = "bin_fraction"
-  assert config_lib.config_changes(old, config.to_dict())[0] == ["data.hybrid_mask"]
+  assert config_guard.config_changes(old, config.to_dict())[0] == ["data.hybrid_mask"]

@@ -36,6 +36,7 @@ from typing import Any
 import ml_collections
 
 from mem_diffusion import config as config_lib
+from mem_diffusion import config_guard
 from mem_diffusion import errors
 from mem_diffusion import files
 from mem_diffusion.run.workdir import Workdir
@@ -224,7 +225,7 @@ def refuse_unfinished(step: int, num_steps: int, what: str) -> None:
 def trained_keys(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Every key that changes what training computes (the guard's unsafe keys)."""
   return {k: v for k, v in config_lib.flatten(config).items()
-          if not config_lib.is_safe_change(k)}
+          if not config_guard.is_safe_change(k)}
 
 
 def params_source(config: ml_collections.ConfigDict, wd: Workdir) -> dict[str, Any]:

@@ -46,6 +46,7 @@ import jax
 import ml_collections
 
 from mem_diffusion import config as config_lib
+from mem_diffusion import config_guard
 from mem_diffusion import errors
 from mem_diffusion.run import environment
 from mem_diffusion.run import evaluate
@@ -110,7 +111,7 @@ def check_config_record(config: ml_collections.ConfigDict, wd: Workdir) -> None:
         "made them; restore config.json or use a new --workdir")
   saved, _ = environment.split_record(_read_json(wd.config_json))
   saved = records.without_marker(saved)
-  safe = config_lib.guard_workdir_config(json.dumps(saved), config)
+  safe = config_guard.guard_workdir_config(json.dumps(saved), config)
   if safe:
     _say(f"note: keys changed since this workdir was made (allowed): {', '.join(safe)}")
 

@@ -21,6 +21,7 @@ import optax
 from mem_diffusion.run import checkpoint as checkpoint_lib
 from mem_diffusion.run import parallel
 from mem_diffusion import config as validate
+from mem_diffusion import config_guard
 from mem_diffusion.diffusion import diffusion_from_config
 from mem_diffusion.diffusion import timestep_samplers
 from mem_diffusion.models import unet_from_config
@@ -95,7 +96,7 @@ def config_key(config: ml_collections.ConfigDict) -> tuple:
   keys that are safe to change on resume."""
   flat = validate.flatten(config)
   return tuple(sorted((k, repr(v)) for k, v in flat.items()
-                      if not validate.is_safe_change(k)))
+                      if not config_guard.is_safe_change(k)))
 
 
 class BoundedCache:

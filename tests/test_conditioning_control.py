@@ -103,10 +103,10 @@ def test_originals_only_ratio_and_the_dummy_label_block(tmp_path):
   assert lo < 1.0 <= hi
 
   class TrainSet:  # what _dummy_label_block reads of a data.TrainSet
-    images, num_classes = train, 2
+    images = train
     sources = np.array(["mondrian"] * 6 + ["gm"])
   # pylint: disable-next=protected-access
-  block = evaluate._dummy_label_block(np.repeat(originals[3:4], 4, 0), TrainSet, cfg)
+  block = evaluate._dummy_label_block(np.repeat(originals[3:4], 4, 0), 1, TrainSet, cfg)
   assert block["label"] == 1 and block["num_samples"] == 4
   assert block["replicate_ratio"] == 1.0
   assert block["replicated_train_source_counts"] == {"mondrian": 4}

@@ -45,10 +45,9 @@ def draws_per_original(config: ml_collections.ConfigDict) -> float:
   """
   from mem_diffusion.data import train_set as ts  # pylint: disable=g-import-not-at-top
   d, t = config.data, config.training
-  rows = t.num_steps * t.batch_size
   if d.sampling == "balanced" and d.num_dummy:
     return t.num_steps * round(d.original_share * t.batch_size) / d.num_original
-  return rows / ts.num_images(d)
+  return t.num_steps * t.batch_size / ts.num_images(d)
 
 
 def row(spec: str, config: ml_collections.ConfigDict, seed: int, workdir: str,

@@ -79,10 +79,7 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
     report["replicate_ratio_originals"] = alone["replicate_ratio"]
     report["replicate_ci95_originals"] = alone["replicate_ci95"]
   if train_sources is not None:
-    sources = np.asarray(train_sources)[per_sample["nn1"]]
-    report["replicated_train_source_counts"] = {
-        str(s): int(c) for s, c in zip(*np.unique(sources[per_sample["is_replicate"]],
-                                                  return_counts=True))}
+    report["replicated_train_source_counts"] = _copied_sources(train_sources, per_sample)
   os.makedirs(out_dir, exist_ok=True)
   if heldout is None or heldout.shape[0] < _MIN_HELDOUT:
     # E.g. 2k cars + 4k more cars uses all 6,000 CIFAR-10 cars: no real car is
@@ -110,19 +107,25 @@ def evaluate_arrays(samples: np.ndarray, train_images: np.ndarray, heldout: np.n
   return report
 
 
-def _dummy_label_block(samples: np.ndarray, train_set, eval_cfg) -> dict[str, Any]:
+def _copied_sources(train_sources: np.ndarray, per_sample: dict[str, np.ndarray]
+                    ) -> dict[str, int]:
+  """{source: replicates whose nearest training image comes from it}."""
+  copied = np.asarray(train_sources)[per_sample["nn1"]][per_sample["is_replicate"]]
+  return {str(s): int(c) for s, c in zip(*np.unique(copied, return_counts=True))}
+
+
+def _dummy_label_block(samples: np.ndarray, label: int, train_set, eval_cfg
+                       ) -> dict[str, Any]:
   """The dummy class's own replicate ratio: samples drawn with the dummy
   label against the whole train set, and which kind of image each replicate
   copies (a dummy, or an original leaking across labels)."""
   report, per_sample = replicates.analyze(samples, train_set.images,
                                           threshold=eval_cfg.ratio_threshold, blend_k=0,
                                           dup_rms=eval_cfg.dup_rms)
-  copied = train_set.sources[per_sample["nn1"]][per_sample["is_replicate"]]
-  return {"label": int(train_set.num_classes - 1), "num_samples": int(samples.shape[0]),
+  return {"label": label, "num_samples": int(samples.shape[0]),
           "replicate_ratio": report["replicate_ratio"],
           "replicate_ci95": report["replicate_ci95"],
-          "replicated_train_source_counts": {
-              str(s): int(c) for s, c in zip(*np.unique(copied, return_counts=True))}}
+          "replicated_train_source_counts": _copied_sources(train_set.sources, per_sample)}
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
@@ -140,22 +143,21 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(f"no samples at {path}: run --mode=sample first")
   samples, labels = npz_io.load_npz(path)
   train_set = data.build_train_set(config.data)
-  dummy_block = None
+  extra: dict[str, Any] = {}
   k = config.sampling.get("dummy_label_samples", 0)
-  if k:
-    dummy_block = _dummy_label_block(samples[-k:], train_set, config.eval)
+  if k:  # the last k samples carry the dummy label (run/sampling.py)
+    extra["dummy_label"] = _dummy_label_block(samples[-k:], sampling.dummy_label(config),
+                                              train_set, config.eval)
     samples, labels = samples[:-k], None if labels is None else labels[:-k]
   _check_manifest(train_set, workdir)
   num_heldout = min(config.eval.num_heldout, data.heldout_available(config.data))
   heldout = data.heldout_images(config.data, num_heldout) if num_heldout >= _MIN_HELDOUT else None
   logging.info("evaluating %d samples against %d training images (%d held-out reals)",
                samples.shape[0], train_set.images.shape[0], num_heldout)
-  extra = {"config_name": config.name, "samples_path": path,
-           "sampling_chain": sampling.chain_description(config.sampling),
-           "dummy_kind": config.data.dummy_kind, "num_dummy": config.data.num_dummy,
-           "num_original": config.data.num_original, "seed": config.seed}
-  if dummy_block is not None:
-    extra["dummy_label"] = dummy_block
+  extra.update({"config_name": config.name, "samples_path": path,
+                "sampling_chain": sampling.chain_description(config.sampling),
+                "dummy_kind": config.data.dummy_kind, "num_dummy": config.data.num_dummy,
+                "num_original": config.data.num_original, "seed": config.seed})
   extra.update(context or {})
   report = evaluate_arrays(
       samples, train_set.images, heldout, eval_cfg=config.eval,
